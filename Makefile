@@ -1,0 +1,48 @@
+# Everything a fresh machine needs, from a bare Python >= 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test unit lint format crds crds-check chart-tools bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/install-tools.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	@# Without a GPU, the CPU wheel goes in first so that no torch range pulls a multi-GB CUDA build.
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
+	@# Pinned versions keep pip's resolver from backtracking for minutes over ray/kserve/moto.
+	$(BIN)/pip install -q -c constraints.txt -e '.[all]'
+	scripts/install-tools.sh $(BIN)
+	touch $(STAMP)
+
+# The main job: print the Kubernetes objects the operator creates for the example TrainingJob.
+run: install
+	$(BIN)/maas render -f examples/trainingjob.yaml
+
+test: install lint
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy operator/maas_operator workloads/maas_workloads
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+crds: install
+	$(BIN)/maas crds --output-dir crds
+
+bench: install
+	$(BIN)/python benchmarks/operator_scale.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Kubernetes operator for TrainingJob and ModelService (maas.dev/v1alpha1)."""

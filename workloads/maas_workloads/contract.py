@@ -1,0 +1,116 @@
+"""Names and numbers shared by the operator and the workloads it runs.
+
+Both sides import this module; nothing here may import anything heavier than the standard
+library, because the operator image does not carry torch or Ray.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, TypedDict
+
+API_GROUP: Final = "maas.dev"
+API_VERSION: Final = "v1alpha1"
+
+# --- What the operator hands to training pods -------------------------------------------
+ENV_TRAININGJOB: Final = "MAAS_TRAININGJOB"
+"""The validated TrainingJob spec as JSON (camelCase field names, as in the CRD)."""
+SPEC_FILE: Final = "/etc/maas/spec.json"
+"""Alternative to ENV_TRAININGJOB: the same JSON mounted from a ConfigMap."""
+
+ENV_JOB_NAME: Final = "MAAS_JOB_NAME"
+ENV_JOB_NAMESPACE: Final = "MAAS_JOB_NAMESPACE"
+ENV_JOB_UID: Final = "MAAS_JOB_UID"
+ENV_ATTEMPT: Final = "MAAS_ATTEMPT"
+"""1 for the first attempt, incremented by the operator on every retry."""
+ENV_HEAD_ADDRESS: Final = "MAAS_HEAD_ADDRESS"
+"""`<job>-head.<namespace>.svc:6379` inside a cluster."""
+ENV_ROLE: Final = "MAAS_ROLE"
+"""`head` or `worker`."""
+ENV_MIN_WORKERS: Final = "MAAS_MIN_WORKERS"
+ENV_WORKERS: Final = "MAAS_WORKERS"
+ENV_CHECKPOINT_URI: Final = "MAAS_CHECKPOINT_URI"
+ENV_OUTPUT_URI: Final = "MAAS_OUTPUT_URI"
+"""`file:///...` on a mounted volume or `s3://bucket/prefix`."""
+
+RAY_GCS_PORT: Final = 6379
+RAY_DASHBOARD_PORT: Final = 8265
+RAY_CLIENT_PORT: Final = 10001
+PROGRESS_PORT: Final = 8090
+PROGRESS_PORT_NAME: Final = "progress"
+PROGRESS_PATH: Final = "/progress"
+METRICS_PATH: Final = "/metrics"
+
+
+class ExitCode(enum.IntEnum):
+    """How a head pod's exit code is judged by the operator."""
+
+    SUCCESS = 0
+    APPLICATION_ERROR = 1
+    """The user's code or the model failed: counts against `backoffLimit`."""
+    CONFIGURATION_ERROR = 64
+    """The spec can never work (unknown model, missing column): never retried. (EX_USAGE)"""
+    INFRASTRUCTURE_ERROR = 75
+    """Storage unreachable, workers never joined: retried, not charged. (EX_TEMPFAIL)"""
+
+
+SIGNAL_EXIT_BASE: Final = 128
+"""A container killed by signal n exits with 128 + n; the pod's reason decides who is to blame."""
+
+TERMINATION_LOG: Final = "/dev/termination-log"
+TERMINATION_MESSAGE_MAX_BYTES: Final = 4096
+
+
+class ModelReport(TypedDict, total=False):
+    """The published artifact, as the head reports it and `status.model` shows it."""
+
+    uri: str
+    sha256: str
+    """sha256 of the artifact's manifest.json, which itself lists every file's sha256."""
+    metrics: dict[str, float]
+
+
+class TerminationMessage(TypedDict, total=False):
+    """JSON in the head container's termination log, under 4 KiB."""
+
+    model: ModelReport
+    error: str
+
+
+class ProgressReport(TypedDict, total=False):
+    """`GET /progress` on the head's progress port."""
+
+    attempt: int
+    epoch: int
+    step: int
+    totalSteps: int
+    metrics: dict[str, float]
+    lastCheckpoint: str | None
+    heartbeatTime: str
+    """RFC 3339, UTC."""
+
+
+# --- Model artifacts ----------------------------------------------------------------------
+MANIFEST_FILE: Final = "manifest.json"
+"""Written last into the artifact directory: a reader never sees a partial artifact."""
+
+# --- What the operator hands to serving pods ----------------------------------------------
+SERVING_PORT: Final = 8080
+SERVING_PORT_NAME: Final = "http"
+HEALTH_LIVE_PATH: Final = "/v2/health/live"
+HEALTH_READY_PATH: Final = "/v2/health/ready"
+ENV_MODEL_NAME: Final = "MAAS_MODEL_NAME"
+ENV_MODEL_URI: Final = "MAAS_MODEL_URI"
+ENV_MODEL_SHA256: Final = "MAAS_MODEL_SHA256"
+ENV_PORT: Final = "MAAS_PORT"
+ENV_MAX_BATCH_SIZE: Final = "MAAS_MAX_BATCH_SIZE"
+ENV_MAX_DELAY_MS: Final = "MAAS_MAX_DELAY_MS"
+ENV_MAX_QUEUE_SIZE: Final = "MAAS_MAX_QUEUE_SIZE"
+ENV_TIMEOUT_SECONDS: Final = "MAAS_TIMEOUT_SECONDS"
+ENV_MAX_REQUEST_BYTES: Final = "MAAS_MAX_REQUEST_BYTES"
+ENV_AUTH_TOKEN: Final = "MAAS_AUTH_TOKEN"
+ENV_DRAIN_SECONDS: Final = "MAAS_DRAIN_SECONDS"
+
+# Per-pod serving signals the server exports; a ModelService may autoscale on them.
+METRIC_INFLIGHT_REQUESTS: Final = "maas_inference_inflight_requests"
+METRIC_REQUESTS_TOTAL: Final = "maas_inference_requests_total"
