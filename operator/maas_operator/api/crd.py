@@ -52,9 +52,7 @@ def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
         # Sibling keys (description, default, CEL rules) refine the referenced definition.
         merged = {**_convert(target, definitions), **{k: v for k, v in node.items() if k != "title"}}
         if "x-kubernetes-validations" in target and "x-kubernetes-validations" in node:
-            merged["x-kubernetes-validations"] = target["x-kubernetes-validations"] + node[
-                "x-kubernetes-validations"
-            ]
+            merged["x-kubernetes-validations"] = target["x-kubernetes-validations"] + node["x-kubernetes-validations"]
         return _convert(merged, definitions) if "$ref" in merged else merged
 
     if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
