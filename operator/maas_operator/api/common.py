@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -237,3 +238,13 @@ class Condition(ApiModel):
 
 def conditions_schema_extra() -> dict[str, Any]:
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "spec") -> str:
+    """One line per problem, naming the field as it is written in YAML."""
+    lines = []
+    for problem in error.errors():
+        path = ".".join([prefix, *(str(part) for part in problem["loc"])])
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
+    return "; ".join(lines)

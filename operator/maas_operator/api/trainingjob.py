@@ -192,6 +192,8 @@ class TrainingJobStatus(ApiModel):
     """Current attempt, from 1; written before the attempt's pods are created."""
     start_time: str | None = None
     attempt_start_time: str | None = None
+    attempt_running_time: str | None = None
+    """When the current attempt first had its head and minReplicas workers running."""
     completion_time: str | None = None
     head_service: str | None = None
     """In-cluster address of the Ray head (GCS, dashboard on 8265, progress on 8090)."""

@@ -1,0 +1,1 @@
+"""Pure functions from a validated spec and an identity to Kubernetes manifests; no I/O."""

@@ -1,0 +1,211 @@
+"""The children of a TrainingJob: a Ray head pod, worker pods and the head's Service."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from maas_operator.api.common import PodOptions, StorageLocation
+from maas_operator.api.trainingjob import TrainingJobSpec
+from maas_operator.builders.meta import (
+    LABEL_ATTEMPT,
+    LABEL_KUEUE_QUEUE,
+    LABEL_ROLE,
+    LABEL_WORKER_INDEX,
+    Owner,
+    child_metadata,
+    selector_labels,
+)
+from maas_operator.builders.pods import (
+    CONTAINER_SECURITY_CONTEXT,
+    POD_SECURITY_CONTEXT,
+    SCRATCH_MOUNTS,
+    SCRATCH_VOLUMES,
+    container_resources,
+    env_list,
+    placement,
+)
+from maas_workloads import contract
+
+HEAD = "head"
+WORKER = "worker"
+MOUNT_ROOT = "/mnt/maas"
+LAUNCH_COMMAND = ["python", "-m", "maas_workloads.launch"]
+
+
+def head_pod_name(job: str) -> str:
+    return f"{job}-head"
+
+
+def worker_pod_name(job: str, index: int) -> str:
+    return f"{job}-worker-{index}"
+
+
+def head_service_name(job: str) -> str:
+    return f"{job}-head"
+
+
+def head_host(owner: Owner) -> str:
+    return f"{head_service_name(owner.name)}.{owner.namespace}.svc"
+
+
+@dataclass(frozen=True)
+class StorageWiring:
+    """How checkpoint and output locations reach the pods."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+
+
+def storage_wiring(spec: TrainingJobSpec) -> StorageWiring:
+    """Mount each referenced claim once and turn every location into a URI for the workload."""
+    wiring = StorageWiring()
+    locations: list[tuple[str, StorageLocation | None]] = [
+        (contract.ENV_CHECKPOINT_URI, spec.checkpoint),
+        (contract.ENV_OUTPUT_URI, spec.output),
+    ]
+    for env_name, location in locations:
+        if location is None:
+            continue
+        if location.pvc is not None:
+            claim = location.pvc.claim_name
+            mount_path = f"{MOUNT_ROOT}/{claim}"
+            if not any(v["name"] == f"pvc-{claim}" for v in wiring.volumes):
+                wiring.volumes.append({"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim}})
+                wiring.mounts.append({"name": f"pvc-{claim}", "mountPath": mount_path})
+            subpath = location.pvc.path.strip("/")
+            wiring.env[env_name] = f"file://{mount_path}" + (f"/{subpath}" if subpath else "")
+        elif location.uri is not None:
+            wiring.env[env_name] = location.uri
+        if location.secret_ref is not None and location.secret_ref.name not in wiring.secrets:
+            wiring.secrets.append(location.secret_ref.name)
+    dataset_secret = spec.trainer.dataset.secret_ref if spec.trainer else None
+    if dataset_secret is not None and dataset_secret.name not in wiring.secrets:
+        wiring.secrets.append(dataset_secret.name)
+    return wiring
+
+
+def _identity_env(owner: Owner, spec: TrainingJobSpec, attempt: int, role: str) -> dict[str, str]:
+    return {
+        contract.ENV_JOB_NAME: owner.name,
+        contract.ENV_JOB_NAMESPACE: owner.namespace,
+        contract.ENV_JOB_UID: owner.uid,
+        contract.ENV_ATTEMPT: str(attempt),
+        contract.ENV_ROLE: role,
+        contract.ENV_HEAD_ADDRESS: f"{head_host(owner)}:{contract.RAY_GCS_PORT}",
+        contract.ENV_WORKERS: str(spec.workers.replicas),
+        contract.ENV_MIN_WORKERS: str(spec.workers.effective_min_replicas),
+        contract.ENV_TRAININGJOB: json.dumps(spec.to_wire(), separators=(",", ":"), sort_keys=True),
+        "HOME": "/tmp",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _pod(
+    owner: Owner,
+    spec: TrainingJobSpec,
+    attempt: int,
+    role: str,
+    name: str,
+    options: PodOptions,
+    default_image: str,
+    ports: list[dict[str, Any]],
+    extra_labels: dict[str, str],
+) -> dict[str, Any]:
+    wiring = storage_wiring(spec)
+    policy = spec.run_policy
+    labels = {**options.labels, LABEL_ROLE: role, LABEL_ATTEMPT: str(attempt), **extra_labels}
+    if policy.queue_name:
+        labels[LABEL_KUEUE_QUEUE] = policy.queue_name
+    container: dict[str, Any] = {
+        "name": role,
+        "image": spec.image or default_image,
+        "command": [*LAUNCH_COMMAND, role],
+        "env": env_list({**_identity_env(owner, spec, attempt, role), **wiring.env}, options.env),
+        "resources": container_resources(options.resources),
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [*SCRATCH_MOUNTS, *wiring.mounts, *options.volume_mounts],
+        # A crash before the launcher writes its JSON still leaves the log's tail as the reason.
+        "terminationMessagePath": contract.TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if ports:
+        container["ports"] = ports
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    if wiring.secrets:
+        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in wiring.secrets]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": POD_SECURITY_CONTEXT,
+        "containers": [container],
+        "volumes": [*SCRATCH_VOLUMES, *wiring.volumes, *options.volumes],
+        **placement(options),
+    }
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [secret.to_wire() for secret in spec.image_pull_secrets]
+    if policy.priority_class_name:
+        pod_spec["priorityClassName"] = policy.priority_class_name
+    if policy.scheduler_name:
+        pod_spec["schedulerName"] = policy.scheduler_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": child_metadata(owner, name, f"ray-{role}", labels, options.annotations),
+        "spec": pod_spec,
+    }
+
+
+def head_pod(owner: Owner, spec: TrainingJobSpec, attempt: int, default_image: str) -> dict[str, Any]:
+    ports = [
+        {"name": "gcs", "containerPort": contract.RAY_GCS_PORT},
+        {"name": "dashboard", "containerPort": contract.RAY_DASHBOARD_PORT},
+        {"name": "client", "containerPort": contract.RAY_CLIENT_PORT},
+        {"name": contract.PROGRESS_PORT_NAME, "containerPort": contract.PROGRESS_PORT},
+    ]
+    return _pod(owner, spec, attempt, HEAD, head_pod_name(owner.name), spec.head, default_image, ports, {})
+
+
+def worker_pod(owner: Owner, spec: TrainingJobSpec, attempt: int, index: int, default_image: str) -> dict[str, Any]:
+    name = worker_pod_name(owner.name, index)
+    return _pod(owner, spec, attempt, WORKER, name, spec.workers, default_image, [], {LABEL_WORKER_INDEX: str(index)})
+
+
+def head_service(owner: Owner) -> dict[str, Any]:
+    """Headless, so the head's DNS name resolves to its pod even before it is ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(owner, head_service_name(owner.name), "ray-head"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {**selector_labels(owner), LABEL_ROLE: HEAD},
+            "ports": [
+                {"name": "gcs", "port": contract.RAY_GCS_PORT, "targetPort": "gcs"},
+                {"name": "dashboard", "port": contract.RAY_DASHBOARD_PORT, "targetPort": "dashboard"},
+                {"name": "client", "port": contract.RAY_CLIENT_PORT, "targetPort": "client"},
+                {
+                    "name": contract.PROGRESS_PORT_NAME,
+                    "port": contract.PROGRESS_PORT,
+                    "targetPort": contract.PROGRESS_PORT_NAME,
+                },
+            ],
+        },
+    }
+
+
+def attempt_children(owner: Owner, spec: TrainingJobSpec, attempt: int, default_image: str) -> list[dict[str, Any]]:
+    """Everything one attempt runs on: the head Service, the head pod, every worker pod."""
+    return [
+        head_service(owner),
+        head_pod(owner, spec, attempt, default_image),
+        *(worker_pod(owner, spec, attempt, i, default_image) for i in range(spec.workers.replicas)),
+    ]

@@ -1,0 +1,42 @@
+"""Operator settings, read from MAAS_OPERATOR_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "MAAS_OPERATOR_"
+DEFAULT_IMAGE = "ghcr.io/maas-dev/maas-workloads:0.1.0"
+
+
+class OperatorConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    training_image: str = DEFAULT_IMAGE
+    """Image of TrainingJob pods that do not name one."""
+    serving_image: str = DEFAULT_IMAGE
+    """Image of ModelService pods that do not name one."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means the whole cluster."""
+    resync_seconds: float = Field(default=10.0, gt=0)
+    """How often every object is re-evaluated (deadlines, progress polling, TTL)."""
+    progress_url_template: str = "http://{service}.{namespace}.svc:{port}{path}"
+    """Where a TrainingJob's head serves its progress; {service} {namespace} {port} {path}."""
+    progress_timeout_seconds: float = Field(default=3.0, gt=0)
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    """Prometheus /metrics; 0 disables."""
+    health_port: int = Field(default=8081, ge=0, le=65535)
+    """kopf's /healthz liveness endpoint; 0 disables."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        source = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = source.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            values[name] = tuple(part for part in raw.split(",") if part) if name == "namespaces" else raw
+        return cls.model_validate(values)

@@ -1,0 +1,5 @@
+"""Thin kopf handlers; importing this package registers all of them."""
+
+from maas_operator.handlers import lifecycle, trainingjob
+
+__all__ = ["lifecycle", "trainingjob"]

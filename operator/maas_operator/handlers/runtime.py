@@ -1,0 +1,107 @@
+"""State the handlers share for the operator's lifetime: API client, caches, locks.
+
+Nothing here survives a restart, and nothing needs to: after a restart the watch streams
+re-list every object and its children, and status carries the identity that matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from maas_operator import metrics
+from maas_operator.config import OperatorConfig
+from maas_operator.kube.client import KubeClient
+from maas_operator.kube.patch import merge_patch
+from maas_operator.status.pods import PodView
+
+EXPECTATION_SECONDS = 60.0
+"""How long a write of ours is assumed to be in flight before the watch must have shown it."""
+
+
+@dataclass
+class ObjectState:
+    """Per custom resource: one reconcile at a time, our last status, writes not yet seen."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    status: dict[str, Any] | None = None
+    """The status we last wrote: we are its only writer, so it is never staler than the watch."""
+    created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
+    deleted: dict[str, float] = field(default_factory=dict)
+
+    def expect_created(self, pod: PodView) -> None:
+        self.created[pod.name] = (pod, time.monotonic())
+
+    def expect_deleted(self, name: str) -> None:
+        self.deleted[name] = time.monotonic()
+        self.created.pop(name, None)
+
+    def observe(self, watched: Iterable[PodView]) -> list[PodView]:
+        """The watched pods, corrected for our own creates and deletes the watch has not shown yet."""
+        now = time.monotonic()
+        pods = list(watched)
+        names = {pod.name for pod in pods}
+        self.created = {
+            name: entry
+            for name, entry in self.created.items()
+            if name not in names and now - entry[1] < EXPECTATION_SECONDS
+        }
+        self.deleted = {
+            name: since for name, since in self.deleted.items() if name in names and now - since < EXPECTATION_SECONDS
+        }
+        corrected = [dataclasses.replace(pod, deleting=True) if pod.name in self.deleted else pod for pod in pods]
+        return corrected + [pod for pod, _ in self.created.values()]
+
+
+@dataclass
+class Runtime:
+    config: OperatorConfig
+    kube: KubeClient
+    http: aiohttp.ClientSession
+    objects: dict[str, ObjectState] = field(default_factory=lambda: collections.defaultdict(ObjectState))
+    phases: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    async def start(cls, config: OperatorConfig) -> Runtime:
+        timeout = aiohttp.ClientTimeout(total=config.progress_timeout_seconds)
+        return cls(config=config, kube=await KubeClient.connect(), http=aiohttp.ClientSession(timeout=timeout))
+
+    async def stop(self) -> None:
+        await self.http.close()
+        await self.kube.close()
+
+    def state(self, uid: str) -> ObjectState:
+        return self.objects[uid]
+
+    def forget(self, uid: str) -> None:
+        self.objects.pop(uid, None)
+        if self.phases.pop(uid, None) is not None:
+            self._publish_phases()
+
+    async def write_status(
+        self, kind: str, namespace: str, name: str, uid: str, current: dict[str, Any], wanted: dict[str, Any]
+    ) -> bool:
+        """Patch only what changed; True when a write was needed."""
+        state = self.state(uid)
+        patch = merge_patch(state.status if state.status is not None else current, wanted)
+        if patch:
+            await self.kube.patch_status(kind, namespace, name, patch)
+        state.status = wanted
+        phase = wanted.get("phase") or "Pending"
+        if self.phases.get(uid) != (kind, phase):
+            self.phases[uid] = (kind, phase)
+            self._publish_phases()
+        return bool(patch)
+
+    def _publish_phases(self) -> None:
+        counts = collections.Counter(self.phases.values())
+        metrics.OBJECTS_BY_PHASE.clear()
+        for (kind, phase), count in counts.items():
+            metrics.OBJECTS_BY_PHASE.labels(kind=kind, phase=phase).set(count)

@@ -1,0 +1,156 @@
+"""kopf handlers for TrainingJob: gather observations, plan, carry out. No decisions here."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+from pydantic import ValidationError
+
+from maas_operator import metrics
+from maas_operator.api.common import describe_validation_error
+from maas_operator.api.trainingjob import KIND, MAX_NAME_LENGTH, PLURAL, TrainingJobSpec, TrainingJobStatus
+from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_TRAININGJOB, MANAGED_BY, Owner
+from maas_operator.builders.trainingjob import head_service_name
+from maas_operator.config import OperatorConfig
+from maas_operator.handlers.execute import carry_out
+from maas_operator.handlers.runtime import Runtime
+from maas_operator.status.plan import parse_time
+from maas_operator.status.pods import PodView, pod_view
+from maas_operator.status.trainingjob import Observed, TrainingJobView, plan_trainingjob
+from maas_workloads import contract
+
+RESOURCE = (contract.API_GROUP, contract.API_VERSION, PLURAL)
+POD_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_TRAININGJOB: kopf.PRESENT}
+RESYNC_SECONDS = OperatorConfig.from_env().resync_seconds
+
+
+# --- indexes: in-memory views the watch streams keep current, so reconciles need no reads ----
+@kopf.index("pods", labels=POD_LABELS)
+def trainingjob_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, PodView]:
+    return {(namespace, labels[LABEL_TRAININGJOB]): pod_view(copy.deepcopy(dict(body)))}
+
+
+@kopf.index(*RESOURCE)
+def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, dict[str, Any]]:
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+# --- triggers -------------------------------------------------------------------------------
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+async def trainingjob_changed(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
+    await reconcile(body, memo.runtime, indexes["trainingjob_pods"])
+
+
+@kopf.timer(*RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def trainingjob_resync(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
+    """Time-based transitions (deadlines, stalls, TTL) and progress polling."""
+    await reconcile(body, memo.runtime, indexes["trainingjob_pods"], poll_progress=True)
+
+
+@kopf.on.event("pods", labels=POD_LABELS)
+async def trainingjob_pod_changed(
+    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **indexes: Any
+) -> None:
+    """A child pod changed: re-evaluate its TrainingJob at once instead of at the next resync."""
+    owners: kopf.Index[Any, dict[str, Any]] = indexes["trainingjobs"]
+    for body in owners.get((namespace, labels[LABEL_TRAININGJOB]), []):
+        with contextlib.suppress(kopf.TemporaryError):  # the resync timer retries
+            await reconcile(body, memo.runtime, indexes["trainingjob_pods"])
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+async def trainingjob_deleted(uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """Children go with the owner by garbage collection; only our memory needs clearing."""
+    memo.runtime.forget(uid)
+
+
+# --- the reconcile --------------------------------------------------------------------------
+def trainingjob_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> TrainingJobView:
+    metadata = body["metadata"]
+    owner = Owner(KIND, metadata["name"], metadata["namespace"], metadata["uid"])
+    spec: TrainingJobSpec | None = None
+    error: str | None = None
+    if len(owner.name) > MAX_NAME_LENGTH:
+        error = f"metadata.name: at most {MAX_NAME_LENGTH} characters, so that pod names fit in 63"
+    else:
+        try:
+            spec = TrainingJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError as invalid:
+            error = describe_validation_error(invalid)
+    raw_status = cached_status if cached_status is not None else dict(body.get("status") or {})
+    try:
+        status = TrainingJobStatus.model_validate(raw_status)
+    except ValidationError:
+        status = TrainingJobStatus()  # a status edited by hand: rebuild it from observation
+    return TrainingJobView(owner, metadata.get("generation"), spec, error, status)
+
+
+async def fetch_progress(runtime: Runtime, owner: Owner) -> contract.ProgressReport | None:
+    url = runtime.config.progress_url_template.format(
+        service=head_service_name(owner.name),
+        name=owner.name,
+        namespace=owner.namespace,
+        port=contract.PROGRESS_PORT,
+        path=contract.PROGRESS_PATH,
+    )
+    try:
+        async with runtime.http.get(url) as response:
+            if response.status != 200:
+                return None
+            report = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None  # type: ignore[return-value]
+
+
+async def reconcile(
+    body: Mapping[str, Any],
+    runtime: Runtime,
+    pods: kopf.Index[Any, PodView],
+    poll_progress: bool = False,
+) -> None:
+    metadata = body["metadata"]
+    state = runtime.state(metadata["uid"])
+    started = time.perf_counter()
+    result = "error"
+    try:
+        progress = None
+        last_status = state.status if state.status is not None else body.get("status") or {}
+        if poll_progress and last_status.get("phase") == "Running":
+            progress = await fetch_progress(runtime, trainingjob_view(body, state.status).owner)
+        async with state.lock:
+            view = trainingjob_view(body, state.status)
+            observed = Observed(state.observe(pods.get((view.owner.namespace, view.owner.name), [])), progress)
+            now = datetime.datetime.now(datetime.UTC)
+            plan = plan_trainingjob(view, observed, now, runtime.config.training_image)
+            await carry_out(plan, view.owner, body, runtime)
+            record_transitions(view.status, plan.status_after or plan.status, metadata, now)
+        result = "ok"
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.RECONCILES.labels(kind=KIND, result=result).inc()
+        metrics.RECONCILE_SECONDS.labels(kind=KIND, result=result).observe(elapsed)
+
+
+def record_transitions(
+    before: TrainingJobStatus, after: TrainingJobStatus, metadata: Mapping[str, Any], now: datetime.datetime
+) -> None:
+    for failure in (f for f in after.failures if f not in before.failures):
+        metrics.TRAININGJOB_RESTARTS.labels(reason=failure.reason, charged=str(failure.charged).lower()).inc()
+    if after.worker_restarts > before.worker_restarts:
+        metrics.TRAININGJOB_WORKER_RESTARTS.inc(after.worker_restarts - before.worker_restarts)
+    created = parse_time(metadata.get("creationTimestamp"))
+    if after.attempt == 1 and before.attempt_running_time is None and after.attempt_running_time and created:
+        metrics.TRAININGJOB_TIME_TO_RUNNING.observe(max(0.0, (now - created).total_seconds()))
+    started = parse_time(after.start_time)
+    if after.phase in ("Succeeded", "Failed") and before.phase != after.phase and started:
+        metrics.TRAININGJOB_DURATION.labels(outcome=after.phase).observe(max(0.0, (now - started).total_seconds()))
