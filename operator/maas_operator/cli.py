@@ -82,7 +82,8 @@ def operator_command(args: argparse.Namespace) -> int:
     config = OperatorConfig.from_env()
     namespaces = args.namespace or list(config.namespaces)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.FULL)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for noisy in ("aiohttp.access", "kubernetes_asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     asyncio.run(
         kopf.operator(
