@@ -254,6 +254,11 @@ async def test_suspend_and_resume(cluster: Cluster, operator: OperatorProcess) -
     assert status["observedGeneration"] == 3
 
 
+async def set_suspend(cluster: Cluster, suspend: bool, generation: int) -> None:
+    patch = {"spec": {"runPolicy": {"suspend": suspend}}, "metadata": {"generation": generation}}
+    await cluster.patch("TrainingJob", "digits", patch)
+
+
 async def test_invalid_spec_fails_without_pods(cluster: Cluster, operator: OperatorProcess) -> None:
     await cluster.create(trainingjob("bad", workers={"replicas": 1, "minReplicas": 3}))
     await cluster.create(trainingjob("good"))
@@ -322,6 +327,10 @@ async def test_restart_mid_creation_makes_no_duplicates(cluster: Cluster, operat
     assert status["attempt"] == 1 and status["workerRestarts"] == 0
     assert await pod_names(cluster) == sorted([HEAD, *WORKERS])
     await start_running(cluster)
+
+
+def _is_post(request: Any) -> bool:
+    return str(request.method).upper().endswith("POST")
 
 
 async def _requested(cluster: Cluster, name: str) -> bool:

@@ -258,7 +258,8 @@ class _Planner:
         self.update(phase="Restarting" if restarting else "Pending")
         existing = {pod.name for pod in self.pods}
         children = build.attempt_children(self.job.owner, self.spec, attempt, self.default_image)
-        self.actions.extend(Create(child) for child in children if child["metadata"]["name"] not in existing)
+        missing = [c for c in children if c["kind"] != "Pod" or c["metadata"]["name"] not in existing]
+        self.actions.extend(Create(child) for child in missing)
         message = f"head and {self.spec.workers.replicas} worker pod(s) of attempt {attempt} created"
         self.event("PodsCreated", message)
         # Created=True is recorded only once every pod exists.
