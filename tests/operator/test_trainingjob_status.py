@@ -188,7 +188,7 @@ def test_configuration_error_is_permanent() -> None:
     message = json.dumps({"error": "unknown model 'resnet'"})
     result = plan(running_status(), [pod(HEAD, "Failed", exit_code=64, message=message), pod(W0), pod(W1)])
     assert result.status.phase == "Failed"
-    status, reason, text = cond(result.status, "Failed")
+    _, reason, text = cond(result.status, "Failed")
     assert reason == "ConfigurationError" and "unknown model" in text and "not retried" in text
 
 
@@ -236,7 +236,7 @@ def test_startup_deadline_explains_what_was_waited_for() -> None:
     pending = [pod(HEAD, "Pending", unschedulable="0/3 nodes are available: 3 Insufficient memory.")]
     status = plan(final(plan(job_spec=job_spec)), pending, job_spec).status
     result = plan(status, pending, job_spec, at=T0 + datetime.timedelta(seconds=61))
-    state, reason, message = cond(result.status, "Failed")
+    _, reason, message = cond(result.status, "Failed")
     assert reason == "StartupDeadlineExceeded" and "Insufficient memory" in message
     # Once the attempt ran, the startup deadline no longer applies.
     running = plan(final(plan(job_spec=job_spec)), [pod(HEAD), pod(W0), pod(W1)], job_spec).status
