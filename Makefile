@@ -40,6 +40,7 @@ format: install
 
 crds: install
 	$(BIN)/maas crds --output-dir crds
+	cp crds/*.yaml charts/maas-operator/crds/
 
 bench: install
 	$(BIN)/python benchmarks/operator_scale.py

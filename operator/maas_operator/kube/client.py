@@ -38,8 +38,6 @@ class ResourceType:
 RESOURCE_TYPES: dict[str, ResourceType] = {
     "Pod": ResourceType("v1", "pods"),
     "Service": ResourceType("v1", "services"),
-    "ConfigMap": ResourceType("v1", "configmaps"),
-    "Secret": ResourceType("v1", "secrets"),
     "Deployment": ResourceType("apps/v1", "deployments"),
     "HorizontalPodAutoscaler": ResourceType("autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ResourceType("policy/v1", "poddisruptionbudgets"),
