@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
+import socket
 from typing import Any
 
 import pytest
 
 from maas_operator.builders.meta import LABEL_ATTEMPT
 from tests.operator.conftest import ProgressServer
-from tests.operator.emulator import Cluster, OperatorProcess, now_rfc3339, wait_for
+from tests.operator.emulator import Cluster, OperatorProcess, now_rfc3339, wait_for, write_kubeconfig
 from tests.operator.validation import assert_valid_objects
 
 pytestmark = pytest.mark.slow
@@ -368,3 +370,42 @@ async def test_steady_state_makes_no_writes(cluster: Cluster, operator: Operator
 
 def _writes(cluster: Cluster) -> int:
     return sum(len(cluster.requests(method)) for method in ("POST", "PATCH", "PUT", "DELETE"))
+
+
+async def test_metrics_and_liveness_endpoints(cluster: Cluster, tmp_path: pathlib.Path) -> None:
+    metrics_port, health_port = free_port(), free_port()
+    process = OperatorProcess(
+        write_kubeconfig(cluster.url, tmp_path),
+        tmp_path / "operator.log",
+        {"MAAS_OPERATOR_METRICS_PORT": str(metrics_port), "MAAS_OPERATOR_HEALTH_PORT": str(health_port)},
+    )
+    process.start()
+    try:
+        await cluster.create(trainingjob())
+        await start_running(cluster)
+        await cluster.set_pod(WORKERS[0], "Failed", exit_code=1)
+        await wait_status(cluster, lambda s: s["workerRestarts"] == 1, "a worker restart")
+
+        async def scraped() -> str | None:
+            async with cluster.session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                text = await response.text()
+            wanted = [
+                'maas_reconcile_total{kind="TrainingJob",result="ok"}',
+                'maas_objects{kind="TrainingJob",phase="Running"} 1.0',
+                "maas_trainingjob_worker_restarts_total 1.0",
+                "maas_trainingjob_time_to_running_seconds_count 1.0",
+                'maas_reconcile_duration_seconds_bucket{kind="TrainingJob"',
+            ]
+            return text if all(w in text for w in wanted) else None
+
+        await wait_for(scraped, what="operator metrics")
+        async with cluster.session.get(f"http://127.0.0.1:{health_port}/healthz") as response:
+            assert response.status == 200
+    finally:
+        process.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -322,7 +322,11 @@ class _Planner:
             return
         reason, message = self.why_not_running(head, current, running, minimum)
         self.condition(RUNNING, "False", reason, message)
-        self.update(phase="Restarting" if conditions.is_true(self.status.conditions, RESTARTING) else "Starting")
+        if conditions.is_true(self.status.conditions, RESTARTING):
+            self.update(phase="Restarting")
+        else:
+            # An attempt that ran keeps its phase while a worker is replaced; the condition says why.
+            self.update(phase="Running" if self.status.attempt_running_time else "Starting")
 
     @staticmethod
     def why_not_running(head: PodView, current: list[PodView], running: int, minimum: int) -> tuple[str, str]:
