@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import datetime
+import logging
+import os
+import uuid
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
-import kopf
 from pydantic import BaseModel
 
 from maas_operator import metrics
+from maas_operator.builders.events import event
 from maas_operator.builders.meta import Owner
 from maas_operator.handlers.runtime import Runtime
 from maas_operator.kube.client import KubeError
-from maas_operator.status.plan import Apply, Create, Delete, DeleteOwner, Plan
+from maas_operator.status.plan import Apply, Create, Delete, DeleteOwner, Plan, rfc3339
 from maas_operator.status.pods import pod_view
 
-RETRY_DELAY_SECONDS = 2.0
+INSTANCE = os.environ.get("HOSTNAME", "maas-operator")
+log = logging.getLogger(__name__)
 
 
 async def carry_out(plan: Plan[Any], owner: Owner, body: Mapping[str, Any], runtime: Runtime) -> None:
@@ -23,8 +28,13 @@ async def carry_out(plan: Plan[Any], owner: Owner, body: Mapping[str, Any], runt
     state = runtime.state(owner.uid)
     try:
         await _write_status(plan.status, owner, body, runtime)
-        for event in plan.events:
-            kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+        stamp = rfc3339(datetime.datetime.now(datetime.UTC))
+        for notice in plan.events:
+            manifest = event(owner, notice.type, notice.reason, notice.message, stamp, uuid.uuid4().hex[:16], INSTANCE)
+            try:
+                await runtime.kube.create(manifest)
+            except KubeError as error:  # Events help humans; losing one must not stop the reconcile
+                log.warning("could not post Event %s for %s: %s", notice.reason, owner.name, error)
         for action in plan.actions:
             if isinstance(action, Create):
                 await runtime.kube.create(action.manifest)
@@ -42,7 +52,7 @@ async def carry_out(plan: Plan[Any], owner: Owner, body: Mapping[str, Any], runt
             await _write_status(plan.status_after, owner, body, runtime)
     except KubeError as error:
         metrics.API_ERRORS.labels(status=str(error.status)).inc()
-        raise kopf.TemporaryError(f"Kubernetes API: {error}", delay=RETRY_DELAY_SECONDS) from error
+        raise
 
 
 async def _write_status(status: BaseModel, owner: Owner, body: Mapping[str, Any], runtime: Runtime) -> None:

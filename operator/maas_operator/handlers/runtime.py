@@ -10,7 +10,7 @@ import asyncio
 import collections
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import aiohttp
 
 from maas_operator import metrics
 from maas_operator.config import OperatorConfig
+from maas_operator.handlers.queue import WorkQueue
 from maas_operator.kube.client import KubeClient
 from maas_operator.kube.patch import merge_patch
 from maas_operator.status.pods import PodView
@@ -35,6 +36,8 @@ class ObjectState:
     """The status we last wrote: we are its only writer, so it is never staler than the watch."""
     created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
+    last_poll: float = 0.0
+    """When the head's progress was last fetched (monotonic seconds)."""
 
     def expect_created(self, pod: PodView) -> None:
         self.created[pod.name] = (pod, time.monotonic())
@@ -60,22 +63,70 @@ class ObjectState:
         return corrected + [pod for pod, _ in self.created.values()]
 
 
+ObjectKey = tuple[str, str, str]
+"""(kind, namespace, name) of a custom resource."""
+Reconciler = Callable[["Runtime", ObjectKey], Awaitable[None]]
+
+
 @dataclass
 class Runtime:
     config: OperatorConfig
     kube: KubeClient
     http: aiohttp.ClientSession
+    reconcilers: dict[str, Reconciler]
+    queue: WorkQueue = field(init=False)
+    bodies: dict[ObjectKey, dict[str, Any]] = field(default_factory=dict)
+    """The latest watched body of every custom resource."""
+    pods: dict[ObjectKey, dict[str, PodView]] = field(default_factory=lambda: collections.defaultdict(dict))
+    """The watched pods of every custom resource, by owner."""
     objects: dict[str, ObjectState] = field(default_factory=lambda: collections.defaultdict(ObjectState))
     phases: dict[str, tuple[str, str]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self._dispatch)
+
     @classmethod
-    async def start(cls, config: OperatorConfig) -> Runtime:
+    async def start(cls, config: OperatorConfig, reconcilers: dict[str, Reconciler]) -> Runtime:
         timeout = aiohttp.ClientTimeout(total=config.progress_timeout_seconds)
-        return cls(config=config, kube=await KubeClient.connect(), http=aiohttp.ClientSession(timeout=timeout))
+        runtime = cls(
+            config=config,
+            kube=await KubeClient.connect(),
+            http=aiohttp.ClientSession(timeout=timeout),
+            reconcilers=reconcilers,
+        )
+        runtime.queue.start()
+        return runtime
 
     async def stop(self) -> None:
+        await self.queue.stop()
         await self.http.close()
         await self.kube.close()
+
+    async def _dispatch(self, key: Any) -> None:
+        await self.reconcilers[key[0]](self, key)
+
+    async def resync_forever(self) -> None:
+        """Re-evaluate every object periodically: deadlines, stalls, TTLs and missed events."""
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            for key in list(self.bodies):
+                self.queue.add(key)
+
+    def object_event(self, key: ObjectKey, body: dict[str, Any], deleted: bool) -> None:
+        if deleted:
+            self.bodies.pop(key, None)
+            self.forget(body["metadata"].get("uid", ""))
+            return
+        self.bodies[key] = body
+        self.queue.add(key)
+
+    def pod_event(self, owner: ObjectKey, pod: PodView, deleted: bool) -> None:
+        if deleted:
+            self.pods[owner].pop(pod.name, None)
+        else:
+            self.pods[owner][pod.name] = pod
+        if owner in self.bodies:
+            self.queue.add(owner)
 
     def state(self, uid: str) -> ObjectState:
         return self.objects[uid]

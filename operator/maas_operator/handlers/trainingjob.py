@@ -1,8 +1,7 @@
-"""kopf handlers for TrainingJob: gather observations, plan, carry out. No decisions here."""
+"""TrainingJob: watch events feed the work queue; a reconcile observes, plans and carries out."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import time
@@ -18,62 +17,32 @@ from maas_operator.api.common import describe_validation_error
 from maas_operator.api.trainingjob import KIND, MAX_NAME_LENGTH, PLURAL, TrainingJobSpec, TrainingJobStatus
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_TRAININGJOB, MANAGED_BY, Owner
 from maas_operator.builders.trainingjob import head_service_name
-from maas_operator.config import OperatorConfig
 from maas_operator.handlers.execute import carry_out
-from maas_operator.handlers.runtime import Runtime
+from maas_operator.handlers.runtime import ObjectKey, Runtime
 from maas_operator.status.plan import parse_time
-from maas_operator.status.pods import PodView, pod_view
+from maas_operator.status.pods import pod_view
 from maas_operator.status.trainingjob import Observed, TrainingJobView, plan_trainingjob
 from maas_workloads import contract
 
 RESOURCE = (contract.API_GROUP, contract.API_VERSION, PLURAL)
 POD_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_TRAININGJOB: kopf.PRESENT}
-RESYNC_SECONDS = OperatorConfig.from_env().resync_seconds
 
 
-# --- indexes: in-memory views the watch streams keep current, so reconciles need no reads ----
-@kopf.index("pods", labels=POD_LABELS)
-def trainingjob_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, PodView]:
-    return {(namespace, labels[LABEL_TRAININGJOB]): pod_view(copy.deepcopy(dict(body)))}
-
-
-@kopf.index(*RESOURCE)
-def trainingjobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, dict[str, Any]]:
-    return {(namespace, name): copy.deepcopy(dict(body))}
-
-
-# --- triggers -------------------------------------------------------------------------------
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
-async def trainingjob_changed(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
-    await reconcile(body, memo.runtime, indexes["trainingjob_pods"])
-
-
-@kopf.timer(*RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def trainingjob_resync(body: kopf.Body, memo: kopf.Memo, **indexes: Any) -> None:
-    """Time-based transitions (deadlines, stalls, TTL) and progress polling."""
-    await reconcile(body, memo.runtime, indexes["trainingjob_pods"], poll_progress=True)
+@kopf.on.event(*RESOURCE)
+def trainingjob_event(
+    type: str | None, body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.runtime.object_event((KIND, namespace or "", name), copy.deepcopy(dict(body)), type == "DELETED")
 
 
 @kopf.on.event("pods", labels=POD_LABELS)
-async def trainingjob_pod_changed(
-    namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **indexes: Any
+def trainingjob_pod_event(
+    type: str | None, body: kopf.Body, labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A child pod changed: re-evaluate its TrainingJob at once instead of at the next resync."""
-    owners: kopf.Index[Any, dict[str, Any]] = indexes["trainingjobs"]
-    for body in owners.get((namespace, labels[LABEL_TRAININGJOB]), []):
-        with contextlib.suppress(kopf.TemporaryError):  # the resync timer retries
-            await reconcile(body, memo.runtime, indexes["trainingjob_pods"])
+    owner = (KIND, namespace or "", labels[LABEL_TRAININGJOB])
+    memo.runtime.pod_event(owner, pod_view(copy.deepcopy(dict(body))), type == "DELETED")
 
 
-@kopf.on.delete(*RESOURCE, optional=True)
-async def trainingjob_deleted(uid: str, memo: kopf.Memo, **_: Any) -> None:
-    """Children go with the owner by garbage collection; only our memory needs clearing."""
-    memo.runtime.forget(uid)
-
-
-# --- the reconcile --------------------------------------------------------------------------
 def trainingjob_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> TrainingJobView:
     metadata = body["metadata"]
     owner = Owner(KIND, metadata["name"], metadata["namespace"], metadata["uid"])
@@ -112,33 +81,29 @@ async def fetch_progress(runtime: Runtime, owner: Owner) -> contract.ProgressRep
     return report if isinstance(report, dict) else None  # type: ignore[return-value]
 
 
-async def reconcile(
-    body: Mapping[str, Any],
-    runtime: Runtime,
-    pods: kopf.Index[Any, PodView],
-    poll_progress: bool = False,
-) -> None:
-    metadata = body["metadata"]
-    state = runtime.state(metadata["uid"])
+async def reconcile_trainingjob(runtime: Runtime, key: ObjectKey) -> None:
+    body = runtime.bodies.get(key)
+    if body is None:
+        return  # deleted since it was queued
+    state = runtime.state(body["metadata"]["uid"])
     started = time.perf_counter()
     result = "error"
     try:
+        view = trainingjob_view(body, state.status)
         progress = None
-        last_status = state.status if state.status is not None else body.get("status") or {}
-        if poll_progress and last_status.get("phase") == "Running":
-            progress = await fetch_progress(runtime, trainingjob_view(body, state.status).owner)
-        async with state.lock:
-            view = trainingjob_view(body, state.status)
-            observed = Observed(state.observe(pods.get((view.owner.namespace, view.owner.name), [])), progress)
-            now = datetime.datetime.now(datetime.UTC)
-            plan = plan_trainingjob(view, observed, now, runtime.config.training_image)
-            await carry_out(plan, view.owner, body, runtime)
-            record_transitions(view.status, plan.status_after or plan.status, metadata, now)
+        due = time.monotonic() - state.last_poll >= runtime.config.resync_seconds
+        if view.status.phase == "Running" and due:
+            state.last_poll = time.monotonic()
+            progress = await fetch_progress(runtime, view.owner)
+        observed = Observed(state.observe(runtime.pods[key].values()), progress)
+        now = datetime.datetime.now(datetime.UTC)
+        plan = plan_trainingjob(view, observed, now, runtime.config.training_image)
+        await carry_out(plan, view.owner, body, runtime)
+        record_transitions(view.status, plan.status_after or plan.status, body["metadata"], now)
         result = "ok"
     finally:
-        elapsed = time.perf_counter() - started
         metrics.RECONCILES.labels(kind=KIND, result=result).inc()
-        metrics.RECONCILE_SECONDS.labels(kind=KIND, result=result).observe(elapsed)
+        metrics.RECONCILE_SECONDS.labels(kind=KIND, result=result).observe(time.perf_counter() - started)
 
 
 def record_transitions(

@@ -38,6 +38,7 @@ class ResourceType:
 RESOURCE_TYPES: dict[str, ResourceType] = {
     "Pod": ResourceType("v1", "pods"),
     "Service": ResourceType("v1", "services"),
+    "Event": ResourceType("v1", "events"),
     "Deployment": ResourceType("apps/v1", "deployments"),
     "HorizontalPodAutoscaler": ResourceType("autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ResourceType("policy/v1", "poddisruptionbudgets"),
