@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint format crds crds-check chart-tools bench clean
+.PHONY: install run test unit lint format crds bench e2e clean
 
 install: $(STAMP)
 
@@ -47,3 +47,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Against the cluster KUBECONFIG points to; skipped when none is reachable.
+e2e: install
+	$(BIN)/pytest -q e2e

@@ -29,7 +29,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "workloads")]
 
 from tests.operator.emulator import (  # noqa: E402
-    NAMESPACE,
     Cluster,
     OperatorProcess,
     declare_resources,
@@ -71,7 +70,7 @@ def trainingjob(index: int) -> dict[str, Any]:
 
 def is_benchmark_request(method: str, url: str) -> bool:
     """Requests the benchmark itself makes while playing the user and the kubelet."""
-    path = url.split("?")[0]
+    path = url.split("?", maxsplit=1)[0]
     return (method == "POST" and path.endswith("/trainingjobs")) or (method == "PATCH" and "/pods/" in path)
 
 
@@ -156,9 +155,7 @@ async def run(jobs: int, steady_seconds: float, resync_seconds: float) -> dict[s
             job = name.rsplit("-head", 1)[0].rsplit("-worker-", 1)[0]
             children_done[job] = max(children_done.get(job, 0.0), stamp)
     latencies = [children_done[job] - created_at[job] for job in created_at if job in children_done]
-    steady_writes = [
-        a for a in operator_requests if steady_start <= a[0] <= steady_end and a[1] in WRITE_VERBS
-    ]
+    steady_writes = [a for a in operator_requests if steady_start <= a[0] <= steady_end and a[1] in WRITE_VERBS]
     pod_creates = by_verb["POST pods"]
     return {
         "jobs": jobs,
