@@ -114,3 +114,41 @@ ENV_DRAIN_SECONDS: Final = "MAAS_DRAIN_SECONDS"
 # Per-pod serving signals the server exports; a ModelService may autoscale on them.
 METRIC_INFLIGHT_REQUESTS: Final = "maas_inference_inflight_requests"
 METRIC_REQUESTS_TOTAL: Final = "maas_inference_requests_total"
+METRIC_QUEUE_DEPTH: Final = "maas_inference_queue_depth"
+"""Requests waiting for a batch slot, per model: the other autoscaling signal."""
+
+# Serving container: `python -m maas_workloads.serve` reads every setting from the
+# environment, so the operator sets no arguments. Startup and readiness probes use
+# HEALTH_READY_PATH (503 while loading, after a failed checksum and while draining),
+# liveness uses HEALTH_LIVE_PATH; both on SERVING_PORT_NAME and never need the token.
+SERVE_COMMAND: Final = ("python", "-m", "maas_workloads.serve")
+ENV_HOST: Final = "MAAS_HOST"
+ENV_MODEL_VERSION: Final = "MAAS_MODEL_VERSION"
+"""The version the server reports and accepts under /v2/models/{name}/versions/{version}."""
+ENV_AUTH_TOKEN_FILE: Final = "MAAS_AUTH_TOKEN_FILE"
+"""A file holding the bearer token (a mounted Secret key); used when MAAS_AUTH_TOKEN is unset."""
+ENV_DEVICE: Final = "MAAS_DEVICE"
+"""`auto` (CUDA when present), `cpu`, `cuda` or `cuda:<n>`."""
+ENV_LOG_LEVEL: Final = "MAAS_LOG_LEVEL"
+ENV_ACCESS_LOG: Final = "MAAS_ACCESS_LOG"
+"""`true`/`false`: one JSON line per request (never its body)."""
+ENV_DRAIN_DELAY_SECONDS: Final = "MAAS_DRAIN_DELAY_SECONDS"
+"""After SIGTERM, keep answering new requests this long while readiness already says 503,
+so that Service endpoints drop the pod before it stops listening."""
+ENV_MODEL_CACHE_DIR: Final = "MAAS_MODEL_CACHE_DIR"
+"""Where an s3:// or https:// model is downloaded; mount an emptyDir at MODEL_CACHE_MOUNT."""
+ENV_THREADS: Final = "OMP_NUM_THREADS"
+"""Honoured for torch's intra-op threads; set it to the container's CPU limit."""
+MODEL_CACHE_MOUNT: Final = "/var/cache/maas/models"
+PVC_MOUNT_ROOT: Final = "/mnt/maas"
+"""`pvc://<claim>/<path>` is read from `<PVC_MOUNT_ROOT>/<claim>/<path>`: mount the claim there."""
+
+DEFAULT_MAX_BATCH_SIZE: Final = 32
+DEFAULT_MAX_DELAY_MS: Final = 2.0
+DEFAULT_MAX_QUEUE_SIZE: Final = 256
+"""Requests (not rows) waiting for the model; beyond it the server answers 429 at once."""
+DEFAULT_TIMEOUT_SECONDS: Final = 30.0
+DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_DRAIN_SECONDS: Final = 30.0
+"""Upper bound on the whole drain; terminationGracePeriodSeconds should exceed it."""
+DEFAULT_DRAIN_DELAY_SECONDS: Final = 2.0
