@@ -1,0 +1,411 @@
+"""Checkpoint, artifact and dataset storage: local paths / `file://` and `s3://`.
+
+A `Location` is a root (a directory, or a bucket and key prefix); keys below it are
+relative, `/`-separated paths. Whole directories are published with `publish_directory`,
+which makes the marker file (for example `manifest.json`) visible last: a reader that finds
+the marker finds every other file complete. Locally the directory is staged beside its
+destination and renamed into place; on S3 the marker is deleted first and uploaded last.
+
+S3 uses boto3's standard configuration: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+`AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` /
+`AWS_ENDPOINT_URL_S3` (MinIO, Ceph, moto), `AWS_MAX_ATTEMPTS` and `AWS_RETRY_MODE`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+_STAGING_PREFIX = ".staging-"
+_RETIRED_PREFIX = ".retired-"
+
+
+class StorageError(Exception):
+    """A storage operation failed."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage could not be reached or refused to serve for now: worth retrying."""
+
+
+class StorageConfigError(StorageError):
+    """The location can never work as given (bad URI, missing bucket, denied credentials)."""
+
+
+class ObjectNotFoundError(StorageError):
+    """The key does not exist."""
+
+
+def _clean_key(key: str) -> str:
+    parts = [part for part in key.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise StorageConfigError(f"storage key {key!r} must not contain '..'")
+    return "/".join(parts)
+
+
+def _join(*keys: str) -> str:
+    return "/".join(part for part in (_clean_key(key) for key in keys) if part)
+
+
+class Location(ABC):
+    """A storage root; every key is relative to it."""
+
+    uri: str
+
+    @abstractmethod
+    def child(self, prefix: str) -> Location:
+        """The location of a key prefix below this one."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes:
+        """The object's content; raises ObjectNotFoundError."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Replace the object at once: readers see the old or the new content, never a part."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key under the prefix (recursively), sorted; staging leftovers are not listed."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under the prefix (a missing prefix is fine)."""
+
+    @abstractmethod
+    def upload_file(self, source: pathlib.Path, key: str) -> None: ...
+
+    @abstractmethod
+    def download_file(self, key: str, destination: pathlib.Path) -> None: ...
+
+    @abstractmethod
+    def publish_directory(self, source: pathlib.Path, prefix: str, marker: str) -> None:
+        """Copy a local directory under the prefix, replacing what was there, the marker file last.
+
+        Until the marker appears a reader treats the prefix as absent or incomplete; files of a
+        previous publication that the new one lacks are removed.
+        """
+
+    def check(self) -> None:
+        """Fail fast with StorageUnavailableError / StorageConfigError when the location cannot be used."""
+        self.list_keys(_STAGING_PREFIX + "probe")
+
+    def download_directory(self, prefix: str, destination: pathlib.Path) -> list[str]:
+        """Copy every object under the prefix into a local directory; returns the relative keys."""
+        prefix = _clean_key(prefix)
+        keys = self.list_keys(prefix)
+        if not keys:
+            raise ObjectNotFoundError(f"nothing under {self.child(prefix).uri}")
+        relative_keys = []
+        for key in keys:
+            relative = key[len(prefix) + 1 :] if prefix else key
+            self.download_file(key, destination / relative)
+            relative_keys.append(relative)
+        return relative_keys
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+class LocalLocation(Location):
+    """A directory on a local or mounted (PVC) filesystem."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        if not root.is_absolute():
+            root = root.resolve()
+        self.root = root
+        self.uri = root.as_uri()
+
+    def _path(self, key: str) -> pathlib.Path:
+        key = _clean_key(key)
+        return self.root / key if key else self.root
+
+    def child(self, prefix: str) -> LocalLocation:
+        return LocalLocation(self._path(prefix))
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+            raise ObjectNotFoundError(f"{self._path(key)} does not exist") from error
+        except OSError as error:
+            raise StorageUnavailableError(f"cannot read {self._path(key)}: {error}") from error
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with temporary.open("wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(path)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise _local_error(f"cannot write {path}", error) from error
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix)
+        if base.is_file():
+            return [_clean_key(prefix)]
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            relative = path.relative_to(self.root).as_posix()
+            if path.is_file() and not any(
+                part.startswith((_STAGING_PREFIX, _RETIRED_PREFIX)) or part.endswith(".tmp")
+                for part in relative.split("/")
+            ):
+                keys.append(relative)
+        return sorted(keys)
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix)
+        if path == self.root:
+            # Keep the root itself: it may be a mount point.
+            for entry in path.iterdir() if path.is_dir() else []:
+                _remove(entry)
+        else:
+            _remove(path)
+
+    def upload_file(self, source: pathlib.Path, key: str) -> None:
+        destination = self._path(key)
+        temporary = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, temporary)
+            temporary.replace(destination)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise _local_error(f"cannot copy {source} to {destination}", error) from error
+
+    def download_file(self, key: str, destination: pathlib.Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise ObjectNotFoundError(f"{source} does not exist")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+
+    def publish_directory(self, source: pathlib.Path, prefix: str, marker: str) -> None:
+        destination = self._path(prefix)
+        if destination == self.root:
+            raise StorageConfigError(f"cannot publish over the storage root {self.uri}; give a prefix")
+        if not (source / marker).is_file():
+            raise StorageError(f"{source} has no {marker}: nothing marks it complete")
+        token = uuid.uuid4().hex
+        staging = destination.with_name(f"{_STAGING_PREFIX}{destination.name}-{token}")
+        retired = destination.with_name(f"{_RETIRED_PREFIX}{destination.name}-{token}")
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source, staging, ignore=shutil.ignore_patterns(marker))
+            shutil.copy2(source / marker, staging / marker)
+            _fsync_tree(staging)
+            if destination.exists():
+                destination.rename(retired)
+            staging.rename(destination)
+        except OSError as error:
+            _remove(staging)
+            if retired.exists() and not destination.exists():
+                retired.rename(destination)
+            raise _local_error(f"cannot publish {source} to {destination}", error) from error
+        _remove(retired)
+
+
+def _fsync_tree(directory: pathlib.Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _local_error(what: str, error: OSError) -> StorageError:
+    import errno
+
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageConfigError(f"{what}: {error} (is the volume mounted writable for this user?)")
+    return StorageUnavailableError(f"{what}: {error}")
+
+
+# --- S3 -------------------------------------------------------------------------------------------
+
+_CONFIG_ERROR_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidBucketName",
+        "AllAccessDisabled",
+        "AuthorizationHeaderMalformed",
+        "PermanentRedirect",
+    }
+)
+
+
+class S3Location(Location):
+    """A bucket and key prefix on S3 or an S3-compatible server."""
+
+    def __init__(self, bucket: str, prefix: str, client: Any | None = None) -> None:
+        if not bucket:
+            raise StorageConfigError("an s3:// URI needs a bucket: s3://bucket/prefix")
+        self.bucket = bucket
+        self.prefix = _clean_key(prefix)
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = _s3_client()
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return _join(self.prefix, key)
+
+    def child(self, prefix: str) -> S3Location:
+        return S3Location(self.bucket, self._key(prefix), self._client)
+
+    def _call(self, what: str, operation: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in ("NoSuchKey", "404", "ObjectNotFoundError"):
+                raise ObjectNotFoundError(f"{what}: not found") from error
+            if code in _CONFIG_ERROR_CODES or status in (400, 403):
+                hint = " (check the bucket name and the AWS_* credentials)" if status == 403 or code else ""
+                raise StorageConfigError(f"{what}: {code or status} {error}{hint}") from error
+            raise StorageUnavailableError(f"{what}: {code or status} {error}") from error
+        except NoCredentialsError as error:
+            raise StorageConfigError(
+                f"{what}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (secretRef)"
+            ) from error
+        except BotoCoreError as error:
+            raise StorageUnavailableError(f"{what}: {error}") from error
+
+    def read_bytes(self, key: str) -> bytes:
+        full = self._key(key)
+        response = self._call(f"read s3://{self.bucket}/{full}", "get_object", Key=full)
+        data: bytes = response["Body"].read()
+        return data
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        full = self._key(key)
+        self._call(f"write s3://{self.bucket}/{full}", "put_object", Key=full, Body=data)
+
+    def exists(self, key: str) -> bool:
+        full = self._key(key)
+        try:
+            self._call(f"stat s3://{self.bucket}/{full}", "head_object", Key=full)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        full = self._key(prefix)
+        keys: list[str] = []
+        kwargs: dict[str, Any] = {"Prefix": f"{full}/" if full else ""}
+        while True:
+            response = self._call(f"list s3://{self.bucket}/{full}", "list_objects_v2", **kwargs)
+            for item in response.get("Contents", []):
+                keys.append(item["Key"][len(self.prefix) + 1 :] if self.prefix else item["Key"])
+            if not response.get("IsTruncated"):
+                break
+            kwargs["ContinuationToken"] = response["NextContinuationToken"]
+        if not keys and full and self.exists(prefix):
+            keys.append(_clean_key(prefix))
+        return sorted(keys)
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
+            self._call(f"delete under s3://{self.bucket}", "delete_objects", Delete={"Objects": batch, "Quiet": True})
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._delete_keys(self.list_keys(prefix))
+
+    def upload_file(self, source: pathlib.Path, key: str) -> None:
+        full = self._key(key)
+        with source.open("rb") as handle:
+            self._call(f"upload {source} to s3://{self.bucket}/{full}", "put_object", Key=full, Body=handle)
+
+    def download_file(self, key: str, destination: pathlib.Path) -> None:
+        full = self._key(key)
+        response = self._call(f"download s3://{self.bucket}/{full}", "get_object", Key=full)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        temporary = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.tmp")
+        with temporary.open("wb") as handle:
+            for chunk in response["Body"].iter_chunks(1 << 20):
+                handle.write(chunk)
+        temporary.replace(destination)
+
+    def publish_directory(self, source: pathlib.Path, prefix: str, marker: str) -> None:
+        if not (source / marker).is_file():
+            raise StorageError(f"{source} has no {marker}: nothing marks it complete")
+        prefix = _clean_key(prefix)
+        if not prefix and not self.prefix:
+            raise StorageConfigError(f"cannot publish over the bucket root {self.uri}; give a prefix")
+        marker_key = _join(prefix, marker)
+        # A reader must stop trusting the old publication before any of its files change.
+        self._delete_keys([marker_key])
+        previous = set(self.list_keys(prefix))
+        published = set()
+        for path in sorted(source.rglob("*")):
+            relative = path.relative_to(source).as_posix()
+            if path.is_file() and relative != marker:
+                key = _join(prefix, relative)
+                self.upload_file(path, key)
+                published.add(key)
+        self._delete_keys(sorted(previous - published - {marker_key}))
+        self.upload_file(source / marker, marker_key)
+
+
+def _s3_client() -> Any:
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as error:  # pragma: no cover - the images carry boto3
+        raise StorageConfigError("s3:// locations need boto3 (pip install 'maas-operator[train]')") from error
+    # Fail over to the caller's retry policy quickly: the launcher maps an unreachable
+    # store to a retried attempt rather than hanging inside one.
+    config = Config(connect_timeout=10, read_timeout=60, retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard")})
+    return boto3.session.Session().client("s3", config=config)
+
+
+def open_location(uri: str) -> Location:
+    """The location for a `file://` URI, a plain absolute path, or an `s3://bucket/prefix` URI."""
+    if not uri:
+        raise StorageConfigError("empty storage URI; use file:///path or s3://bucket/prefix")
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        return S3Location(parsed.netloc, unquote(parsed.path))
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StorageConfigError(f"{uri}: file:// URIs take no host; write file:///absolute/path")
+        return LocalLocation(pathlib.Path(unquote(parsed.path)))
+    if parsed.scheme == "" and uri.startswith("/"):
+        return LocalLocation(pathlib.Path(uri))
+    raise StorageConfigError(f"{uri}: unsupported storage URI; use file:///absolute/path or s3://bucket/prefix")
