@@ -49,6 +49,18 @@ TRAININGJOB_DURATION = Histogram(
     buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200),
     registry=REGISTRY,
 )
+MODELSERVICE_ROLLOUTS = Counter(
+    "maas_modelservice_rollouts_total",
+    "Changes of the model a ModelService's stable Deployment serves, by reason (NewModel, CanaryPromoted, Rollback).",
+    ["reason"],
+    registry=REGISTRY,
+)
+MODELSERVICE_ROLLBACKS = Counter(
+    "maas_modelservice_rollbacks_total",
+    "Failed rollouts that were rolled back (target stable) or removed (target canary), by reason.",
+    ["target", "reason"],
+    registry=REGISTRY,
+)
 API_ERRORS = Counter(
     "maas_api_errors_total",
     "Failed Kubernetes API calls by HTTP status (0 when the server was unreachable).",

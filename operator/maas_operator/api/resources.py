@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from maas_operator.api import trainingjob
+from maas_operator.api import modelservice, trainingjob
 from maas_operator.api.crd import CrdSpec, PrinterColumn
 
 TRAININGJOB = CrdSpec(
@@ -22,4 +22,21 @@ TRAININGJOB = CrdSpec(
     ],
 )
 
-ALL = [TRAININGJOB]
+MODELSERVICE = CrdSpec(
+    kind=modelservice.KIND,
+    plural=modelservice.PLURAL,
+    short_names=["ms"],
+    spec_model=modelservice.ModelServiceSpec,
+    status_model=modelservice.ModelServiceStatus,
+    max_name_length=modelservice.MAX_NAME_LENGTH,
+    printer_columns=[
+        PrinterColumn("Phase", ".status.phase"),
+        PrinterColumn("Ready", ".status.replicas.ready", "integer", "Pods ready"),
+        PrinterColumn("Desired", ".status.replicas.desired", "integer", "Pods desired"),
+        PrinterColumn("Model", ".status.model.uri"),
+        PrinterColumn("URL", ".status.url"),
+        PrinterColumn("Canary", ".status.canary.phase", priority=1),
+    ],
+)
+
+ALL = [TRAININGJOB, MODELSERVICE]

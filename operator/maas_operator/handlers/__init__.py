@@ -1,5 +1,5 @@
 """Thin kopf handlers; importing this package registers all of them."""
 
-from maas_operator.handlers import lifecycle, trainingjob
+from maas_operator.handlers import lifecycle, modelservice, trainingjob
 
-__all__ = ["lifecycle", "trainingjob"]
+__all__ = ["lifecycle", "modelservice", "trainingjob"]

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 async def carry_out(plan: Plan[Any], owner: Owner, body: Mapping[str, Any], runtime: Runtime) -> None:
     """Idempotent: an error part-way leaves a state the next reconcile continues from."""
     state = runtime.state(owner.uid)
+    owner_key = (owner.kind, owner.namespace, owner.name)
     try:
         await _write_status(plan.status, owner, body, runtime)
         stamp = rfc3339(datetime.datetime.now(datetime.UTC))
@@ -40,12 +41,17 @@ async def carry_out(plan: Plan[Any], owner: Owner, body: Mapping[str, Any], runt
                 await runtime.kube.create(action.manifest)
                 if action.manifest["kind"] == "Pod":
                     state.expect_created(pod_view(action.manifest))
+                else:
+                    runtime.remember_child(owner_key, action.manifest["kind"], action.manifest)
             elif isinstance(action, Apply):
-                await runtime.kube.apply(action.manifest)
+                applied = await runtime.kube.apply(action.manifest)
+                runtime.remember_child(owner_key, action.manifest["kind"], applied or action.manifest)
             elif isinstance(action, Delete):
                 await runtime.kube.delete(action.kind, owner.namespace, action.name)
                 if action.kind == "Pod":
                     state.expect_deleted(action.name)
+                else:
+                    runtime.forget_child(owner_key, action.kind, action.name)
             elif isinstance(action, DeleteOwner):
                 await runtime.kube.delete(owner.kind, owner.namespace, owner.name)
         if plan.status_after is not None:

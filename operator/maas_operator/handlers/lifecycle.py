@@ -9,8 +9,10 @@ from typing import Any
 import kopf
 
 from maas_operator import metrics
+from maas_operator.api.modelservice import KIND as MODELSERVICE
 from maas_operator.api.trainingjob import KIND as TRAININGJOB
 from maas_operator.config import OperatorConfig
+from maas_operator.handlers.modelservice import reconcile_modelservice
 from maas_operator.handlers.runtime import Runtime
 from maas_operator.handlers.trainingjob import reconcile_trainingjob
 
@@ -26,7 +28,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.enabled = False
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
-    memo.runtime = await Runtime.start(config, {TRAININGJOB: reconcile_trainingjob})
+    memo.runtime = await Runtime.start(
+        config, {TRAININGJOB: reconcile_trainingjob, MODELSERVICE: reconcile_modelservice}
+    )
     memo.resync = asyncio.create_task(memo.runtime.resync_forever(), name="resync")
     metrics.serve(config.metrics_port)
     log.info("maas-operator started with %s", config.model_dump())

@@ -65,6 +65,8 @@ class ObjectState:
 
 ObjectKey = tuple[str, str, str]
 """(kind, namespace, name) of a custom resource."""
+ChildKey = tuple[str, str]
+"""(kind, name) of a child object, in its owner's namespace."""
 Reconciler = Callable[["Runtime", ObjectKey], Awaitable[None]]
 
 
@@ -78,7 +80,11 @@ class Runtime:
     bodies: dict[ObjectKey, dict[str, Any]] = field(default_factory=dict)
     """The latest watched body of every custom resource."""
     pods: dict[ObjectKey, dict[str, PodView]] = field(default_factory=lambda: collections.defaultdict(dict))
-    """The watched pods of every custom resource, by owner."""
+    """The watched pods of every TrainingJob, by owner."""
+    children: dict[ObjectKey, dict[ChildKey, dict[str, Any]]] = field(
+        default_factory=lambda: collections.defaultdict(dict)
+    )
+    """The watched children of every ModelService (Deployments, Service, HPA, PDB, pods), by owner."""
     objects: dict[str, ObjectState] = field(default_factory=lambda: collections.defaultdict(ObjectState))
     phases: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -127,6 +133,27 @@ class Runtime:
             self.pods[owner][pod.name] = pod
         if owner in self.bodies:
             self.queue.add(owner)
+
+    def child_event(self, owner: ObjectKey, kind: str, body: dict[str, Any], deleted: bool) -> None:
+        if deleted:
+            self.forget_child(owner, kind, body["metadata"]["name"])
+        else:
+            self.remember_child(owner, kind, body)
+        if owner in self.bodies:
+            self.queue.add(owner)
+
+    def remember_child(self, owner: ObjectKey, kind: str, body: dict[str, Any]) -> None:
+        """Also called with what we just wrote, so the next reconcile does not wait for the watch."""
+        self.children[owner][(kind, body["metadata"]["name"])] = body
+
+    def forget_child(self, owner: ObjectKey, kind: str, name: str) -> None:
+        self.children[owner].pop((kind, name), None)
+
+    def dependents(self, kind: str, namespace: str, refers_to: Callable[[dict[str, Any]], bool]) -> None:
+        """Queue every object of `kind` in `namespace` whose body satisfies `refers_to`."""
+        for key, body in list(self.bodies.items()):
+            if key[0] == kind and key[1] == namespace and refers_to(body):
+                self.queue.add(key)
 
     def state(self, uid: str) -> ObjectState:
         return self.objects[uid]

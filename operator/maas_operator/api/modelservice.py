@@ -1,0 +1,353 @@
+"""The ModelService API (maas.dev/v1alpha1): spec and status."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from maas_operator.api.common import (
+    ApiModel,
+    Condition,
+    LocalObjectReference,
+    PodOptions,
+    SecretKeySelector,
+    cel,
+    conditions_schema_extra,
+    preserve_unknown,
+)
+
+KIND = "ModelService"
+PLURAL = "modelservices"
+MAX_NAME_LENGTH = 52
+"""Leaves room for the `-canary` Deployment and its ReplicaSet's hash inside 63 characters."""
+
+MODEL_URI_PATTERN = (
+    r"^(s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9]/.+|file:///.+|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.*|https://.+)$"
+)
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+IntOrPercent = int | str
+_INT_OR_PERCENT_SCHEMA: dict[str, Any] = {
+    "x-kubernetes-int-or-string": True,
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^[0-9]+%$"}],
+}
+
+
+def _int_or_percent(description: str) -> dict[str, Any]:
+    return {**_INT_OR_PERCENT_SCHEMA, "description": description}
+
+
+def _check_int_or_percent(field: str, value: int | str | None) -> None:
+    if isinstance(value, str) and not (value.endswith("%") and value[:-1].isdigit()):
+        raise ValueError(f"{field} must be a number of pods (e.g. 1) or a percentage (e.g. 25%), not {value!r}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{field} must not be negative")
+
+
+class TrainingJobReference(ApiModel):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """A TrainingJob in the same namespace; its status.model is served once it has succeeded."""
+
+
+class ModelSource(ApiModel):
+    """What to serve: exactly one of `uri` or `trainingJobRef`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.uri) != has(self.trainingJobRef)", "set exactly one of uri or trainingJobRef"),
+            ]
+        }
+    )
+
+    uri: str | None = Field(default=None, pattern=MODEL_URI_PATTERN)
+    """The artifact directory: s3://bucket/prefix, file:///path on a volume you mount,
+    pvc://<claim>/<path> (mounted read-only by the operator), or https://host/path."""
+    training_job_ref: TrainingJobReference | None = None
+    """Serve the artifact of this TrainingJob; a retrained job rolls out automatically."""
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
+    """Pin: the server refuses an artifact whose manifest.json has another sha256."""
+    secret_ref: LocalObjectReference | None = None
+    """Secret whose keys become environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_ENDPOINT_URL, AWS_REGION) for s3:// models; with trainingJobRef, the job's output Secret
+    is used when this is empty."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.uri is None) == (self.training_job_ref is None):
+            raise ValueError("set exactly one of uri or trainingJobRef")
+        return self
+
+
+AutoscalingMetric = Literal["cpu", "inflight", "rps"]
+DEFAULT_TARGETS: dict[str, int] = {"cpu": 70, "inflight": 8, "rps": 100}
+
+
+class AutoscalingSpec(ApiModel):
+    """Scale with load through a HorizontalPodAutoscaler (autoscaling/v2)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "minReplicas must be less than or equal to maxReplicas",
+                    fieldPath=".minReplicas",
+                ),
+                cel(
+                    "!has(self.target) || self.metric != 'cpu' || self.target <= 100",
+                    "a cpu target is a utilization percentage: at most 100",
+                    fieldPath=".target",
+                ),
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    max_replicas: int = Field(ge=1, le=1000)
+    metric: AutoscalingMetric = "cpu"
+    """cpu: average CPU utilization of the requested CPU. inflight: requests in flight per pod
+    (maas_inference_inflight_requests). rps: requests per second per pod
+    (maas_inference_requests_per_second). inflight and rps are Pods metrics and need a metrics
+    adapter such as prometheus-adapter (see README)."""
+    target: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Target per pod: a utilization percentage for cpu (default 70), requests in flight for
+    inflight (default 8), requests per second for rps (default 100)."""
+    behavior: dict[str, Any] | None = Field(
+        default=None,
+        json_schema_extra=preserve_unknown("HorizontalPodAutoscalerBehavior: scaleUp/scaleDown policies, copied."),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must be less than or equal to maxReplicas ({self.max_replicas})"
+            )
+        if self.metric == "cpu" and self.target is not None and self.target > 100:
+            raise ValueError("a cpu target is a utilization percentage: at most 100")
+        return self
+
+    @property
+    def effective_target(self) -> int:
+        return self.target if self.target is not None else DEFAULT_TARGETS[self.metric]
+
+
+class BatchingSpec(ApiModel):
+    """Dynamic batching in the server: requests are combined up to maxBatchSize or maxDelayMs."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=65_536)
+    max_delay_ms: int = Field(default=5, ge=0, le=10_000)
+    """How long the first request of a batch waits for others."""
+    max_queue_size: int = Field(default=256, ge=1, le=1_000_000)
+    """Requests waiting beyond this are refused at once with 429 and Retry-After."""
+
+
+class ServerSpec(ApiModel):
+    port: int = Field(default=8080, ge=1024, le=65_535)
+    """Container port of the server (the Service always listens on 80)."""
+    timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    """Default per-request deadline (504 when it cannot be met); also bounds the drain on shutdown."""
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31 - 1)
+    """Larger request bodies are refused with 413."""
+
+
+class AuthSpec(ApiModel):
+    token_secret_ref: SecretKeySelector
+    """The server requires `Authorization: Bearer <token>` with the token stored under this key."""
+
+
+class CanarySpec(ApiModel):
+    """A candidate model served next to the stable one, in its own Deployment."""
+
+    model: ModelSource
+    weight: int = Field(default=10, ge=1, le=99)
+    """Share of traffic, in percent, approximated by the ratio of canary to stable pods
+    (at least one canary pod); status.canary.trafficPercent shows the achieved share."""
+    auto_promote_after_seconds: int | None = Field(default=None, ge=0)
+    """Promote once the canary has been ready without restarts this long; empty keeps it
+    until you edit the spec."""
+
+
+class RolloutSpec(ApiModel):
+    max_surge: IntOrPercent = Field(default="25%", json_schema_extra=_int_or_percent("Extra pods during a rollout."))
+    max_unavailable: IntOrPercent = Field(
+        default=0, json_schema_extra=_int_or_percent("Pods that may be unavailable during a rollout.")
+    )
+    progress_deadline_seconds: int = Field(default=600, ge=30, le=86_400)
+    """A rollout not available within this time has failed (ProgressDeadlineExceeded)."""
+    auto_rollback: bool = True
+    """Return to the previous model when a rollout fails or its pods crash-loop."""
+    canary: CanarySpec | None = None
+
+    @model_validator(mode="after")
+    def _valid_counts(self) -> RolloutSpec:
+        _check_int_or_percent("rollout.maxSurge", self.max_surge)
+        _check_int_or_percent("rollout.maxUnavailable", self.max_unavailable)
+        if self.max_surge in (0, "0%") and self.max_unavailable in (0, "0%"):
+            raise ValueError("rollout.maxSurge and rollout.maxUnavailable cannot both be 0")
+        return self
+
+
+class DisruptionSpec(ApiModel):
+    """The PodDisruptionBudget: at most one of minAvailable or maxUnavailable."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.minAvailable) && has(self.maxUnavailable))",
+                    "set minAvailable or maxUnavailable, not both",
+                )
+            ]
+        }
+    )
+
+    min_available: IntOrPercent | None = Field(
+        default=None, json_schema_extra=_int_or_percent("Pods that must stay available during node drains.")
+    )
+    max_unavailable: IntOrPercent | None = Field(
+        default=None, json_schema_extra=_int_or_percent("Pods that may be down at once during node drains.")
+    )
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> DisruptionSpec:
+        if self.min_available is not None and self.max_unavailable is not None:
+            raise ValueError("set minAvailable or maxUnavailable, not both")
+        _check_int_or_percent("disruption.minAvailable", self.min_available)
+        _check_int_or_percent("disruption.maxUnavailable", self.max_unavailable)
+        return self
+
+
+class ServiceOptions(ApiModel):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations of the Service (for example for a cloud load balancer)."""
+
+
+class ModelServiceSpec(PodOptions):
+    """An autoscaled inference Deployment behind a Service, serving one model artifact."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.replicas) && has(self.autoscaling))",
+                    "set replicas or autoscaling, not both",
+                    fieldPath=".replicas",
+                ),
+                cel(
+                    "!has(self.autoscaling) || self.autoscaling.metric != 'cpu' || "
+                    "(has(self.resources) && has(self.resources.cpu))",
+                    "autoscaling on cpu needs resources.cpu: utilization is measured against the request",
+                    fieldPath=".autoscaling",
+                ),
+            ]
+        }
+    )
+
+    model: ModelSource
+    image: str | None = Field(default=None, min_length=1)
+    """Server image; the operator's default serving image when empty."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    service_account_name: str | None = None
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    """A fixed number of pods (default 1). Set this or autoscaling."""
+    autoscaling: AutoscalingSpec | None = None
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    auth: AuthSpec | None = None
+    """Require a bearer token on every endpoint but health; without it the server is open."""
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    disruption: DisruptionSpec | None = None
+    """Defaults to maxUnavailable: 1 whenever more than one replica may run."""
+    service: ServiceOptions = Field(default_factory=ServiceOptions)
+    priority_class_name: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelServiceSpec:
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError("set replicas or autoscaling, not both")
+        if self.autoscaling is not None and self.autoscaling.metric == "cpu" and self.resources.cpu is None:
+            raise ValueError("autoscaling on cpu needs resources.cpu: utilization is measured against the request")
+        return self
+
+    @property
+    def fixed_replicas(self) -> int:
+        return 1 if self.replicas is None else self.replicas
+
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling else self.fixed_replicas
+
+
+# --- Status -------------------------------------------------------------------------------
+
+Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+
+
+class TrainingJobSource(ApiModel):
+    name: str
+    uid: str | None = None
+
+
+class ServedModel(ApiModel):
+    uri: str
+    sha256: str | None = None
+    """sha256 of the artifact's manifest.json, when known (pinned, or from the TrainingJob)."""
+    training_job: TrainingJobSource | None = None
+    """The TrainingJob that produced it, for trainingJobRef."""
+    secret_ref: LocalObjectReference | None = None
+    """Secret with the credentials to fetch it (its keys become environment variables)."""
+
+
+class FailedModel(ServedModel):
+    reason: str
+    """Why its rollout failed (ProgressDeadlineExceeded, CrashLoopBackOff, ...)."""
+
+
+class ReplicasStatus(ApiModel):
+    desired: int = 0
+    ready: int = 0
+    updated: int = 0
+    """Pods running the current pod template (the current model)."""
+    available: int = 0
+
+
+CanaryPhase = Literal["Progressing", "Ready", "Promoted", "Failed"]
+
+
+class CanaryStatus(ApiModel):
+    model: ServedModel
+    phase: CanaryPhase
+    weight: int
+    """Requested share of traffic, in percent."""
+    traffic_percent: int = 0
+    """Achieved share: canary pods over all serving pods."""
+    replicas: int = 0
+    ready: int = 0
+    restarts: int = 0
+    """Container restarts of the canary pods; a new restart starts the promotion clock again."""
+    ready_since: str | None = None
+    """Since when every canary pod has been ready without restarts."""
+    reason: str | None = None
+    """Why the canary failed."""
+    message: str = ""
+
+
+class ModelServiceStatus(ApiModel):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    """Summary for printer columns; read conditions for the full story."""
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=conditions_schema_extra())
+    url: str | None = None
+    """In-cluster URL of the Service (OIP v2 under /v2, KServe v1 under /v1)."""
+    replicas: ReplicasStatus = Field(default_factory=ReplicasStatus)
+    model: ServedModel | None = None
+    """The model the stable Deployment serves, or is rolling out."""
+    previous_model: ServedModel | None = None
+    """The model served before; a failed rollout returns to it."""
+    failed_model: FailedModel | None = None
+    """A model whose rollout failed and was rolled back; not retried until the spec names another."""
+    canary: CanaryStatus | None = None

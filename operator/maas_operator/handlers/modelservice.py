@@ -1,0 +1,153 @@
+"""ModelService: watch events feed the work queue; a reconcile observes, plans and carries out."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from maas_operator import metrics
+from maas_operator.api.common import describe_validation_error
+from maas_operator.api.modelservice import KIND, MAX_NAME_LENGTH, PLURAL, ModelServiceSpec, ModelServiceStatus
+from maas_operator.api.trainingjob import KIND as TRAININGJOB
+from maas_operator.api.trainingjob import PLURAL as TRAININGJOBS
+from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_MODELSERVICE, MANAGED_BY, Owner
+from maas_operator.builders.modelservice import deployment_name
+from maas_operator.handlers.execute import carry_out
+from maas_operator.handlers.runtime import ObjectKey, Runtime
+from maas_operator.status.modelservice import Children, ModelServiceView, Observed, plan_modelservice
+from maas_workloads import contract
+
+CHILD_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODELSERVICE: kopf.PRESENT}
+CHILD_RESOURCES = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "Pod": ("", "v1", "pods"),
+}
+
+
+@kopf.on.event(contract.API_GROUP, contract.API_VERSION, PLURAL)
+def modelservice_event(
+    type: str | None, body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.runtime.object_event((KIND, namespace or "", name), copy.deepcopy(dict(body)), type == "DELETED")
+
+
+def _register_child_watch(kind: str, group: str, version: str, plural: str) -> None:
+    def child_event(
+        type: str | None, body: kopf.Body, labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        owner = (KIND, namespace or "", labels[LABEL_MODELSERVICE])
+        memo.runtime.child_event(owner, kind, copy.deepcopy(dict(body)), type == "DELETED")
+
+    kopf.on.event(group, version, plural, labels=CHILD_LABELS, id=f"modelservice-{plural}")(child_event)
+
+
+for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
+    _register_child_watch(_kind, _group, _version, _plural)
+
+
+def referenced_trainingjobs(spec: Mapping[str, Any]) -> set[str]:
+    """Names in model.trainingJobRef and rollout.canary.model.trainingJobRef (raw: may be invalid)."""
+    sources = [spec.get("model") or {}, ((spec.get("rollout") or {}).get("canary") or {}).get("model") or {}]
+    return {
+        str(ref["name"])
+        for source in sources
+        if isinstance(ref := source.get("trainingJobRef"), dict) and "name" in ref
+    }
+
+
+@kopf.on.event(contract.API_GROUP, contract.API_VERSION, TRAININGJOBS, id="modelservice-trainingjobs")
+def trainingjob_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A TrainingJob that succeeded (or was replaced) may change what a ModelService serves."""
+    runtime: Runtime = memo.runtime
+    runtime.dependents(KIND, namespace or "", lambda body: name in referenced_trainingjobs(body.get("spec") or {}))
+
+
+def modelservice_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> ModelServiceView:
+    metadata = body["metadata"]
+    owner = Owner(KIND, metadata["name"], metadata["namespace"], metadata["uid"])
+    spec: ModelServiceSpec | None = None
+    error: str | None = None
+    if len(owner.name) > MAX_NAME_LENGTH:
+        error = f"metadata.name: at most {MAX_NAME_LENGTH} characters, so that child names fit in 63"
+    else:
+        try:
+            spec = ModelServiceSpec.model_validate(body.get("spec") or {})
+        except ValidationError as invalid:
+            error = describe_validation_error(invalid)
+    raw_status = cached_status if cached_status is not None else dict(body.get("status") or {})
+    try:
+        status = ModelServiceStatus.model_validate(raw_status)
+    except ValidationError:
+        status = ModelServiceStatus()  # a status edited by hand: rebuild it from observation
+    return ModelServiceView(owner, metadata.get("generation"), spec, error, status)
+
+
+def observe(runtime: Runtime, key: ObjectKey, owner: Owner, spec: Mapping[str, Any]) -> Observed:
+    children = runtime.children[key]
+    training_jobs = {
+        name: runtime.bodies.get((TRAININGJOB, owner.namespace, name)) for name in referenced_trainingjobs(spec)
+    }
+    return Observed(
+        Children(
+            deployment=children.get(("Deployment", deployment_name(owner, "stable"))),
+            canary=children.get(("Deployment", deployment_name(owner, "canary"))),
+            service=children.get(("Service", owner.name)),
+            autoscaler=children.get(("HorizontalPodAutoscaler", owner.name)),
+            disruption_budget=children.get(("PodDisruptionBudget", owner.name)),
+            pods=[body for (kind, _), body in children.items() if kind == "Pod"],
+        ),
+        training_jobs,
+    )
+
+
+async def reconcile_modelservice(runtime: Runtime, key: ObjectKey) -> None:
+    body = runtime.bodies.get(key)
+    if body is None:
+        return  # deleted since it was queued
+    state = runtime.state(body["metadata"]["uid"])
+    started = time.perf_counter()
+    result = "error"
+    try:
+        view = modelservice_view(body, state.status)
+        observed = observe(runtime, key, view.owner, body.get("spec") or {})
+        plan = plan_modelservice(view, observed, datetime.datetime.now(datetime.UTC), runtime.config.serving_image)
+        await carry_out(plan, view.owner, body, runtime)
+        record_transitions(view.status, plan.status)
+        if plan.requeue_after is not None:
+            runtime.queue.add(key, plan.requeue_after)
+        result = "ok"
+    finally:
+        metrics.RECONCILES.labels(kind=KIND, result=result).inc()
+        metrics.RECONCILE_SECONDS.labels(kind=KIND, result=result).observe(time.perf_counter() - started)
+
+
+def record_transitions(before: ModelServiceStatus, after: ModelServiceStatus) -> None:
+    if after.failed_model is not None and after.failed_model != before.failed_model:
+        metrics.MODELSERVICE_ROLLBACKS.labels(target="stable", reason=after.failed_model.reason).inc()
+    canary = after.canary
+    if canary is not None and canary.phase == "Failed" and (before.canary is None or before.canary.phase != "Failed"):
+        metrics.MODELSERVICE_ROLLBACKS.labels(target="canary", reason=canary.reason or "Unknown").inc()
+    if after.model is None or (
+        before.model is not None and after.model.uri == before.model.uri and after.model.sha256 == before.model.sha256
+    ):
+        return
+    if after.failed_model is not None and after.failed_model != before.failed_model:
+        reason = "Rollback"
+    elif (
+        canary is not None
+        and canary.phase == "Promoted"
+        and (before.canary is None or before.canary.phase != "Promoted")
+    ):
+        reason = "CanaryPromoted"
+    else:
+        reason = "NewModel"
+    metrics.MODELSERVICE_ROLLOUTS.labels(reason=reason).inc()
