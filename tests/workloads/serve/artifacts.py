@@ -1,0 +1,114 @@
+"""Small TorchScript artifacts built the way the trainer publishes them: model, safetensors, manifest."""
+
+from __future__ import annotations
+
+import pathlib
+
+import torch
+from safetensors.torch import save_file
+from sklearn.datasets import load_digits
+
+from maas_workloads.artifact import Manifest, TensorSpec, describe_files, write_manifest
+
+
+class DigitsMLP(torch.nn.Module):
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.layers(pixels / 16.0)
+
+
+class TwoInTwoOut(torch.nn.Module):
+    """Inputs of different datatypes and a dict of outputs, to exercise the non-trivial paths."""
+
+    def forward(self, features: torch.Tensor, counts: torch.Tensor) -> dict[str, torch.Tensor]:
+        total = features.sum(dim=1, keepdim=True) + counts.sum(dim=1, keepdim=True).to(torch.float32)
+        return {"total": total, "doubled": counts * 2}
+
+
+class Slow(torch.nn.Module):
+    """Burns CPU per call, so that requests pile up in the queue."""
+
+    def __init__(self, iterations: int) -> None:
+        super().__init__()
+        self.iterations = iterations
+        self.weight = torch.nn.Parameter(torch.randn(256, 256) / 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.repeat(1, 64)
+        for _ in range(self.iterations):
+            y = torch.tanh(y @ self.weight)
+        return y[:, :4]
+
+
+def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
+    digits = load_digits()
+    return torch.tensor(digits.data, dtype=torch.float32), torch.tensor(digits.target)
+
+
+def train_digits(epochs: int = 60) -> DigitsMLP:
+    torch.manual_seed(0)
+    features, labels = digits_data()
+    model = DigitsMLP()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(features), labels)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def publish(
+    directory: pathlib.Path,
+    module: torch.nn.Module,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    labels: list[str] | None = None,
+) -> str:
+    """Write the artifact into `directory`; returns the manifest's sha256."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(module).save(str(directory / "model.pt"))
+    save_file({name: tensor.contiguous() for name, tensor in module.state_dict().items()}, directory / "model.safetensors")
+    manifest = Manifest(
+        format="torchscript",
+        modelFile="model.pt",
+        weightsFile="model.safetensors",
+        inputs=inputs,
+        outputs=outputs,
+        files=describe_files(directory),
+        labels=labels,
+        frameworkVersions={"torch": torch.__version__},
+    )
+    return write_manifest(directory, manifest)
+
+
+def digits_artifact(directory: pathlib.Path) -> str:
+    return publish(
+        directory,
+        train_digits(),
+        [TensorSpec(name="pixels", datatype="FP32", shape=[-1, 64])],
+        [TensorSpec(name="logits", datatype="FP32", shape=[-1, 10])],
+        labels=[f"digit-{n}" for n in range(10)],
+    )
+
+
+def two_in_two_out_artifact(directory: pathlib.Path) -> str:
+    return publish(
+        directory,
+        TwoInTwoOut(),
+        [TensorSpec(name="features", datatype="FP32", shape=[-1, 3]), TensorSpec(name="counts", datatype="INT64", shape=[-1, 2])],
+        [TensorSpec(name="total", datatype="FP32", shape=[-1, 1]), TensorSpec(name="doubled", datatype="INT64", shape=[-1, 2])],
+    )
+
+
+def slow_artifact(directory: pathlib.Path, iterations: int = 400) -> str:
+    torch.manual_seed(0)
+    return publish(
+        directory,
+        Slow(iterations),
+        [TensorSpec(name="x", datatype="FP32", shape=[-1, 4])],
+        [TensorSpec(name="y", datatype="FP32", shape=[-1, 4])],
+    )

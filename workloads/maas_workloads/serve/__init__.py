@@ -1,0 +1,1 @@
+"""The inference server run by ModelService pods: `python -m maas_workloads.serve`."""

@@ -1,0 +1,3 @@
+from maas_workloads.serve.server import main
+
+raise SystemExit(main())

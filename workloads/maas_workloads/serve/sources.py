@@ -1,0 +1,97 @@
+"""Where a model comes from: a local directory, a mounted PVC, or a remote copy fetched first.
+
+Remote artifacts are fetched file by file as their manifest lists them, manifest last, into a
+cache directory; the checksums are verified afterwards by the loader like any local artifact.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import urllib.error
+import urllib.request
+from typing import BinaryIO, Final
+from urllib.parse import unquote, urlparse
+
+from maas_workloads.artifact import ArtifactError, Manifest
+from maas_workloads.contract import MANIFEST_FILE, PVC_MOUNT_ROOT
+
+SCHEMES: Final = ("file", "pvc", "http", "https")
+_TIMEOUT_SECONDS: Final = 60.0
+_CHUNK: Final = 1 << 20
+
+
+class SourceError(Exception):
+    """The model URI is malformed or its files cannot be fetched."""
+
+
+def model_name_of(uri: str) -> str:
+    """A default model name: the URI's last path segment (`s3://models/digits` -> `digits`)."""
+    path = urlparse(uri).path if "://" in uri else uri
+    name = pathlib.PurePosixPath(unquote(path).rstrip("/")).name
+    return name or "model"
+
+
+def resolve(uri: str, cache_dir: pathlib.Path, pvc_root: pathlib.Path = pathlib.Path(PVC_MOUNT_ROOT)) -> pathlib.Path:
+    """The local artifact directory for a model URI, fetching remote artifacts into cache_dir."""
+    if "://" not in uri:
+        return _local(pathlib.Path(uri))
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise SourceError(f"file URI {uri!r} names host {parsed.netloc!r}; use file:///absolute/path")
+        return _local(pathlib.Path(unquote(parsed.path)))
+    if parsed.scheme == "pvc":
+        # pvc://<claim>/<path>: the claim is mounted at <pvc_root>/<claim>, as for training pods.
+        if not parsed.netloc:
+            raise SourceError(f"PVC URI {uri!r} needs a claim name: pvc://<claim>/<path>")
+        return _local(pvc_root / parsed.netloc / unquote(parsed.path).lstrip("/"))
+    if parsed.scheme in ("http", "https"):
+        return _fetch_http(uri.rstrip("/"), cache_dir)
+    raise SourceError(f"model URI {uri!r} has unsupported scheme {parsed.scheme!r}; use one of {', '.join(SCHEMES)}")
+
+
+def _local(path: pathlib.Path) -> pathlib.Path:
+    if not path.is_dir():
+        raise SourceError(f"{path} is not a directory: the model must be an artifact directory with {MANIFEST_FILE}")
+    return path
+
+
+def _fetch_http(base: str, cache_dir: pathlib.Path) -> pathlib.Path:
+    destination = cache_dir / model_name_of(base)
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    manifest_bytes = _http_get(f"{base}/{MANIFEST_FILE}")
+    try:
+        manifest = Manifest.model_validate_json(manifest_bytes)
+    except ValueError as error:
+        raise ArtifactError(f"{base}/{MANIFEST_FILE} is not a valid manifest: {error}") from error
+    for relative in manifest.files:
+        target = _inside(destination, relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as handle:
+            _http_get(f"{base}/{relative}", handle)
+    # The manifest goes last, as the artifact contract wants: a partial fetch has none.
+    (destination / MANIFEST_FILE).write_bytes(manifest_bytes)
+    return destination
+
+
+def _inside(root: pathlib.Path, relative: str) -> pathlib.Path:
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise ArtifactError(f"manifest lists {relative!r}, which points outside the artifact")
+    return target
+
+
+def _http_get(url: str, sink: BinaryIO | None = None) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_SECONDS) as response:
+            if sink is None:
+                return bytes(response.read())
+            shutil.copyfileobj(response, sink, _CHUNK)
+            return b""
+    except urllib.error.HTTPError as error:
+        raise SourceError(f"GET {url} answered {error.code} {error.reason}") from error
+    except (urllib.error.URLError, OSError) as error:
+        raise SourceError(f"GET {url} failed: {error}") from error
