@@ -71,7 +71,9 @@ def publish(
     """Write the artifact into `directory`; returns the manifest's sha256."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.jit.script(module).save(str(directory / "model.pt"))
-    save_file({name: tensor.contiguous() for name, tensor in module.state_dict().items()}, directory / "model.safetensors")
+    save_file(
+        {name: tensor.contiguous() for name, tensor in module.state_dict().items()}, directory / "model.safetensors"
+    )
     manifest = Manifest(
         format="torchscript",
         modelFile="model.pt",
@@ -99,8 +101,14 @@ def two_in_two_out_artifact(directory: pathlib.Path) -> str:
     return publish(
         directory,
         TwoInTwoOut(),
-        [TensorSpec(name="features", datatype="FP32", shape=[-1, 3]), TensorSpec(name="counts", datatype="INT64", shape=[-1, 2])],
-        [TensorSpec(name="total", datatype="FP32", shape=[-1, 1]), TensorSpec(name="doubled", datatype="INT64", shape=[-1, 2])],
+        [
+            TensorSpec(name="features", datatype="FP32", shape=[-1, 3]),
+            TensorSpec(name="counts", datatype="INT64", shape=[-1, 2]),
+        ],
+        [
+            TensorSpec(name="total", datatype="FP32", shape=[-1, 1]),
+            TensorSpec(name="doubled", datatype="INT64", shape=[-1, 2]),
+        ],
     )
 
 

@@ -44,6 +44,7 @@ class Server:
             "PYTHONPATH": os.pathsep.join([str(ROOT / "workloads"), os.environ.get("PYTHONPATH", "")]),
             "OMP_NUM_THREADS": "1",
             "MAAS_HOST": "127.0.0.1",
+            "MAAS_DRAIN_DELAY_SECONDS": "0",
             "MAAS_PORT": str(self.port),
             "MAAS_MODEL_URI": model,
             **(env or {}),

@@ -105,7 +105,11 @@ def _numeric(raw: npt.NDArray[np.generic], datatype: str) -> npt.NDArray[np.gene
         limits = np.iinfo(target)  # type: ignore[type-var]
         if raw.min() < limits.min or raw.max() > limits.max:
             raise ValueError(f"values out of range [{limits.min}, {limits.max}]")
-    return raw.astype(target, copy=False)
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return raw.astype(target, copy=False)
+    except FloatingPointError:
+        raise ValueError(f"values out of the range of {datatype}") from None
 
 
 def _flatten(data: object) -> list[object]:

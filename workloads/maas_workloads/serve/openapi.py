@@ -178,6 +178,21 @@ def document(
                 },
             },
         },
+        "/": {
+            "get": {
+                "summary": "Liveness (KServe v1)",
+                "responses": {
+                    "200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "alive"),
+                    **_errors(401),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This description",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.0"), **_errors(401)},
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
