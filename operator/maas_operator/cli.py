@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
 import pathlib
 import sys
@@ -15,14 +16,20 @@ from pydantic import ValidationError
 
 from maas_operator.api.common import describe_validation_error
 from maas_operator.api.crd import custom_resource_definition
+from maas_operator.api.modelservice import KIND as MODELSERVICE_KIND
+from maas_operator.api.modelservice import ModelServiceSpec, ModelServiceStatus
 from maas_operator.api.resources import ALL
 from maas_operator.api.trainingjob import KIND as TRAININGJOB_KIND
 from maas_operator.api.trainingjob import TrainingJobSpec
 from maas_operator.builders.meta import Owner
 from maas_operator.builders.trainingjob import attempt_children
 from maas_operator.config import OperatorConfig
+from maas_operator.status.modelservice import ModelServiceView, plan_modelservice
+from maas_operator.status.modelservice import Observed as ModelServiceObserved
+from maas_operator.status.plan import Create
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+RENDERED_KINDS = (TRAININGJOB_KIND, MODELSERVICE_KIND)
 
 
 def _dump_all(documents: Sequence[object]) -> str:
@@ -41,34 +48,60 @@ def crds_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_objects(document: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
-    """The children the operator creates for one custom resource (its first attempt)."""
+def _owner(document: dict[str, Any]) -> Owner:
     metadata = document.get("metadata") or {}
-    owner = Owner(
+    return Owner(
         document["kind"],
         metadata.get("name", "unnamed"),
         metadata.get("namespace", "default"),
         metadata.get("uid", PLACEHOLDER_UID),
     )
-    spec = TrainingJobSpec.model_validate(document.get("spec") or {})
-    return attempt_children(owner, spec, 1, config.training_image)
+
+
+def render_objects(
+    document: dict[str, Any], config: OperatorConfig, training_jobs: dict[str, dict[str, Any] | None]
+) -> list[dict[str, Any]]:
+    """The children the operator creates first for one custom resource.
+
+    A ModelService goes through the real planner, with the TrainingJobs of the same file as
+    the ones it may reference: until one has succeeded, nothing is created for it.
+    """
+    owner = _owner(document)
+    if document["kind"] == TRAININGJOB_KIND:
+        spec = TrainingJobSpec.model_validate(document.get("spec") or {})
+        return attempt_children(owner, spec, 1, config.training_image)
+    service = ModelServiceView(
+        owner, 1, ModelServiceSpec.model_validate(document.get("spec") or {}), None, ModelServiceStatus()
+    )
+    plan = plan_modelservice(
+        service,
+        ModelServiceObserved(training_jobs=training_jobs),
+        datetime.datetime.now(datetime.UTC),
+        config.serving_image,
+    )
+    if plan.status.model is None:
+        resolved = next(c for c in plan.status.conditions if c.type == "ModelResolved")
+        print(f"{owner.kind} {owner.name}: nothing to create yet: {resolved.message}", file=sys.stderr)
+    return [action.manifest for action in plan.actions if isinstance(action, Create)]
 
 
 def render_command(args: argparse.Namespace) -> int:
     config = OperatorConfig.from_env()
     text = sys.stdin.read() if args.file == "-" else pathlib.Path(args.file).read_text()
+    documents = [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") in RENDERED_KINDS]
+    training_jobs: dict[str, dict[str, Any] | None] = {
+        (d.get("metadata") or {}).get("name", ""): d for d in documents if d["kind"] == TRAININGJOB_KIND
+    }
     rendered: list[dict[str, Any]] = []
-    for document in yaml.safe_load_all(text):
-        if not isinstance(document, dict) or document.get("kind") != TRAININGJOB_KIND:
-            continue
+    for document in documents:
         try:
-            rendered.extend(render_objects(document, config))
+            rendered.extend(render_objects(document, config, training_jobs))
         except ValidationError as error:
             name = (document.get("metadata") or {}).get("name", "?")
             print(f"{document['kind']} {name}: {describe_validation_error(error)}", file=sys.stderr)
             return 2
-    if not rendered:
-        print(f"{args.file}: no {TRAININGJOB_KIND} found", file=sys.stderr)
+    if not documents:
+        print(f"{args.file}: no {' or '.join(RENDERED_KINDS)} found", file=sys.stderr)
         return 2
     sys.stdout.write(_dump_all(rendered))
     return 0
@@ -105,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     crds.set_defaults(handler=crds_command)
 
     render = commands.add_parser("render", help="print the objects the operator creates for a resource")
-    render.add_argument("-f", "--file", required=True, help="YAML file with TrainingJob documents, or -")
+    render.add_argument(
+        "-f", "--file", required=True, help="YAML file with TrainingJob and ModelService documents, or -"
+    )
     render.set_defaults(handler=render_command)
 
     operator = commands.add_parser("operator", help="run the operator against the current cluster")

@@ -7,7 +7,9 @@ import pathlib
 import pytest
 from pydantic import BaseModel
 
+from maas_operator.api import modelservice as ms
 from maas_operator.api.trainingjob import CheckpointSpec, RunPolicy, TrainingJobSpec, TrainingJobStatus, WorkerSpec
+from maas_operator.status import modelservice as service_states
 from maas_operator.status import trainingjob as states
 
 README = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -17,7 +19,27 @@ def wire_names(model: type[BaseModel]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
-@pytest.mark.parametrize("model", [TrainingJobSpec, WorkerSpec, CheckpointSpec, RunPolicy, TrainingJobStatus])
+@pytest.mark.parametrize(
+    "model",
+    [
+        TrainingJobSpec,
+        WorkerSpec,
+        CheckpointSpec,
+        RunPolicy,
+        TrainingJobStatus,
+        ms.ModelServiceSpec,
+        ms.ModelSource,
+        ms.AutoscalingSpec,
+        ms.BatchingSpec,
+        ms.ServerSpec,
+        ms.RolloutSpec,
+        ms.CanarySpec,
+        ms.DisruptionSpec,
+        ms.ModelServiceStatus,
+        ms.CanaryStatus,
+        ms.ServedModel,
+    ],
+)
 def test_readme_names_every_field(model: type[BaseModel]) -> None:
     missing = [name for name in wire_names(model) if name not in README]
     assert not missing, f"README.md does not document {model.__name__}: {missing}"
@@ -32,6 +54,7 @@ def test_readme_names_every_condition() -> None:
         states.STALLED,
         states.SUCCEEDED,
         states.FAILED,
+        *service_states.CONDITION_TYPES,
     ):
         assert f"`{condition}`" in README, condition
 
