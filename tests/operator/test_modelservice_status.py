@@ -336,6 +336,7 @@ def canary_running() -> tuple[Plan[ModelServiceStatus], Children]:
     )
     assert canary["spec"]["replicas"] == 1 and started.status.canary is not None
     assert started.status.canary.phase == "Progressing" and started.status.model == V1
+    assert [e.reason for e in started.events] == ["CanaryStarted"]
     return started, Children(**{**children.__dict__, "canary": rolled_out(canary)})
 
 

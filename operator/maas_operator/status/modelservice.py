@@ -437,6 +437,10 @@ class _Planner:
             return
 
         self.canary_target = (candidate, replicas)
+        if known is None:
+            self.event(
+                "CanaryStarted", f"canary {describe(candidate)} with {replicas} pod(s), {canary_spec.weight}% weight"
+            )
         restarted = known is not None and restarts > known.restarts
         if health.state != "complete" or restarted:
             message = "canary pods restarted; the promotion clock starts again" if restarted else health.message
