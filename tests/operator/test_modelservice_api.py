@@ -173,7 +173,7 @@ def test_pvc_models_are_mounted_read_only() -> None:
     template = build.deployment(OWNER, spec, ServedModel(uri="pvc://store/digits/model"), "stable", IMAGE, None)
     pod = template["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["MAAS_MODEL_URI"] == "file:///mnt/models/store/digits/model"
+    assert env["MAAS_MODEL_URI"] == "file:///mnt/maas/store/digits/model"
     assert {"name": "model", "persistentVolumeClaim": {"claimName": "store", "readOnly": True}} in pod["volumes"]
 
 

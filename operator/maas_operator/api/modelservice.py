@@ -16,6 +16,7 @@ from maas_operator.api.common import (
     conditions_schema_extra,
     preserve_unknown,
 )
+from maas_workloads import contract
 
 KIND = "ModelService"
 PLURAL = "modelservices"
@@ -136,19 +137,19 @@ class AutoscalingSpec(ApiModel):
 class BatchingSpec(ApiModel):
     """Dynamic batching in the server: requests are combined up to maxBatchSize or maxDelayMs."""
 
-    max_batch_size: int = Field(default=32, ge=1, le=65_536)
-    max_delay_ms: int = Field(default=5, ge=0, le=10_000)
+    max_batch_size: int = Field(default=contract.DEFAULT_MAX_BATCH_SIZE, ge=1, le=65_536)
+    max_delay_ms: int = Field(default=round(contract.DEFAULT_MAX_DELAY_MS), ge=0, le=10_000)
     """How long the first request of a batch waits for others."""
-    max_queue_size: int = Field(default=256, ge=1, le=1_000_000)
+    max_queue_size: int = Field(default=contract.DEFAULT_MAX_QUEUE_SIZE, ge=1, le=1_000_000)
     """Requests waiting beyond this are refused at once with 429 and Retry-After."""
 
 
 class ServerSpec(ApiModel):
     port: int = Field(default=8080, ge=1024, le=65_535)
     """Container port of the server (the Service always listens on 80)."""
-    timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    timeout_seconds: int = Field(default=round(contract.DEFAULT_TIMEOUT_SECONDS), ge=1, le=3600)
     """Default per-request deadline (504 when it cannot be met); also bounds the drain on shutdown."""
-    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**31 - 1)
+    max_request_bytes: int = Field(default=contract.DEFAULT_MAX_REQUEST_BYTES, ge=1024, le=2**31 - 1)
     """Larger request bodies are refused with 413."""
 
 

@@ -29,7 +29,6 @@ COMPONENT = "server"
 ANNOTATION_SPEC_HASH = f"{contract.API_GROUP}/spec-hash"
 ANNOTATION_MODEL_URI = f"{contract.API_GROUP}/model-uri"
 ANNOTATION_MODEL_SHA256 = f"{contract.API_GROUP}/model-sha256"
-MODEL_MOUNT_ROOT = "/mnt/models"
 SERVICE_PORT = 80
 PRE_STOP_SECONDS = 5
 """Endpoints controllers and load balancers stop sending new requests within this time."""
@@ -84,7 +83,7 @@ def model_location(model: ServedModel) -> tuple[str, list[dict[str, Any]], list[
     if not model.uri.startswith("pvc://"):
         return model.uri, [], []
     claim, _, path = model.uri.removeprefix("pvc://").partition("/")
-    mount_path = f"{MODEL_MOUNT_ROOT}/{claim}"
+    mount_path = f"{contract.PVC_MOUNT_ROOT}/{claim}"
     volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
     mount = {"name": "model", "mountPath": mount_path, "readOnly": True}
     return f"file://{mount_path}/{path.strip('/')}".rstrip("/"), [volume], [mount]
@@ -110,6 +109,8 @@ def _server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, uri: s
         contract.ENV_TIMEOUT_SECONDS: str(spec.server.timeout_seconds),
         contract.ENV_MAX_REQUEST_BYTES: str(spec.server.max_request_bytes),
         contract.ENV_DRAIN_SECONDS: str(spec.server.timeout_seconds),
+        contract.ENV_DEVICE: "cuda" if spec.resources.gpu else "cpu",
+        contract.ENV_MODEL_CACHE_DIR: contract.MODEL_CACHE_MOUNT,
         "HOME": "/tmp",
         "PYTHONUNBUFFERED": "1",
     }
@@ -117,7 +118,7 @@ def _server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, uri: s
         env[contract.ENV_MODEL_SHA256] = model.sha256
     threads = _omp_threads(spec)
     if threads:
-        env["OMP_NUM_THREADS"] = threads
+        env[contract.ENV_THREADS] = threads
     return env
 
 
@@ -156,7 +157,7 @@ def pod_template(
     container: dict[str, Any] = {
         "name": "server",
         "image": spec.image or default_image,
-        "command": ["python", "-m", "maas_workloads.serve"],
+        "command": list(contract.SERVE_COMMAND),
         "ports": [{"name": contract.SERVING_PORT_NAME, "containerPort": spec.server.port, "protocol": "TCP"}],
         "env": env_list(_server_env(owner, spec, model, uri), spec.env),
         "resources": container_resources(spec.resources),
@@ -173,7 +174,12 @@ def pod_template(
         # Keep serving while endpoints drop this pod, then the server drains what is in flight.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *model_mounts, *spec.volume_mounts],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "model-cache", "mountPath": contract.MODEL_CACHE_MOUNT},
+            *model_mounts,
+            *spec.volume_mounts,
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.image_pull_policy:
@@ -188,9 +194,17 @@ def pod_template(
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "securityContext": dict(POD_SECURITY_CONTEXT),
-        "terminationGracePeriodSeconds": PRE_STOP_SECONDS + spec.server.timeout_seconds + SHUTDOWN_MARGIN_SECONDS,
+        "terminationGracePeriodSeconds": PRE_STOP_SECONDS
+        + math.ceil(contract.DEFAULT_DRAIN_DELAY_SECONDS)
+        + spec.server.timeout_seconds
+        + SHUTDOWN_MARGIN_SECONDS,
         "topologySpreadConstraints": _topology_spread(selector),
-        "volumes": [{"name": "tmp", "emptyDir": {}}, *model_volumes, *spec.volumes],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "model-cache", "emptyDir": {}},
+            *model_volumes,
+            *spec.volumes,
+        ],
         "enableServiceLinks": False,
         **placement(spec),
     }

@@ -30,7 +30,7 @@ from maas_workloads import contract
 
 HEAD = "head"
 WORKER = "worker"
-MOUNT_ROOT = "/mnt/maas"
+MOUNT_ROOT = contract.PVC_MOUNT_ROOT
 LAUNCH_COMMAND = ["python", "-m", "maas_workloads.launch"]
 
 
