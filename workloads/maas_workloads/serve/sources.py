@@ -1,7 +1,8 @@
 """Where a model comes from: a local directory, a mounted PVC, or a remote copy fetched first.
 
-Remote artifacts are fetched file by file as their manifest lists them, manifest last, into a
-cache directory; the checksums are verified afterwards by the loader like any local artifact.
+Remote artifacts (`s3://`, `http(s)://`) are fetched file by file as their manifest lists
+them, the manifest last, into a cache directory; the loader then verifies every checksum
+exactly as for a local artifact.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import pathlib
 import shutil
 import urllib.error
 import urllib.request
-from typing import BinaryIO, Final
+from collections.abc import Callable
+from typing import Final
 from urllib.parse import unquote, urlparse
 
+from maas_workloads import storage
 from maas_workloads.artifact import ArtifactError, Manifest
 from maas_workloads.contract import MANIFEST_FILE, PVC_MOUNT_ROOT
 
-SCHEMES: Final = ("file", "pvc", "http", "https")
+SCHEMES: Final = ("file", "pvc", "s3", "http", "https")
 _TIMEOUT_SECONDS: Final = 60.0
 _CHUNK: Final = 1 << 20
 
@@ -27,8 +30,9 @@ class SourceError(Exception):
 
 def model_name_of(uri: str) -> str:
     """A default model name: the URI's last path segment (`s3://models/digits` -> `digits`)."""
-    path = urlparse(uri).path if "://" in uri else uri
-    name = pathlib.PurePosixPath(unquote(path).rstrip("/")).name
+    parsed = urlparse(uri) if "://" in uri else None
+    path = unquote(parsed.path or parsed.netloc) if parsed else uri
+    name = pathlib.PurePosixPath(path.rstrip("/")).name
     return name or "model"
 
 
@@ -46,8 +50,20 @@ def resolve(uri: str, cache_dir: pathlib.Path, pvc_root: pathlib.Path = pathlib.
         if not parsed.netloc:
             raise SourceError(f"PVC URI {uri!r} needs a claim name: pvc://<claim>/<path>")
         return _local(pvc_root / parsed.netloc / unquote(parsed.path).lstrip("/"))
+    if parsed.scheme == "s3":
+        try:
+            location = storage.open_location(uri)
+        except storage.StorageError as error:
+            raise SourceError(str(error)) from error
+        return _fetch(uri, cache_dir, location.read_bytes, location.download_file)
     if parsed.scheme in ("http", "https"):
-        return _fetch_http(uri.rstrip("/"), cache_dir)
+        base = uri.rstrip("/")
+        return _fetch(
+            uri,
+            cache_dir,
+            lambda key: _http_get(f"{base}/{key}"),
+            lambda key, target: _http_download(f"{base}/{key}", target),
+        )
     raise SourceError(f"model URI {uri!r} has unsupported scheme {parsed.scheme!r}; use one of {', '.join(SCHEMES)}")
 
 
@@ -57,21 +73,28 @@ def _local(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _fetch_http(base: str, cache_dir: pathlib.Path) -> pathlib.Path:
-    destination = cache_dir / model_name_of(base)
+def _fetch(
+    uri: str,
+    cache_dir: pathlib.Path,
+    read: Callable[[str], bytes],
+    download: Callable[[str, pathlib.Path], None],
+) -> pathlib.Path:
+    destination = cache_dir / model_name_of(uri)
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
-    manifest_bytes = _http_get(f"{base}/{MANIFEST_FILE}")
     try:
-        manifest = Manifest.model_validate_json(manifest_bytes)
-    except ValueError as error:
-        raise ArtifactError(f"{base}/{MANIFEST_FILE} is not a valid manifest: {error}") from error
-    for relative in manifest.files:
-        target = _inside(destination, relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as handle:
-            _http_get(f"{base}/{relative}", handle)
+        manifest_bytes = read(MANIFEST_FILE)
+        try:
+            manifest = Manifest.model_validate_json(manifest_bytes)
+        except ValueError as error:
+            raise ArtifactError(f"{uri}/{MANIFEST_FILE} is not a valid manifest: {error}") from error
+        for relative in manifest.files:
+            download(relative, _inside(destination, relative))
+    except storage.ObjectNotFoundError as error:
+        raise SourceError(f"{uri} is not a complete artifact: {error}") from error
+    except storage.StorageError as error:
+        raise SourceError(f"fetching {uri} failed: {error}") from error
     # The manifest goes last, as the artifact contract wants: a partial fetch has none.
     (destination / MANIFEST_FILE).write_bytes(manifest_bytes)
     return destination
@@ -80,17 +103,25 @@ def _fetch_http(base: str, cache_dir: pathlib.Path) -> pathlib.Path:
 def _inside(root: pathlib.Path, relative: str) -> pathlib.Path:
     target = (root / relative).resolve()
     if not target.is_relative_to(root.resolve()):
-        raise ArtifactError(f"manifest lists {relative!r}, which points outside the artifact")
+        raise ArtifactError(f"the manifest lists {relative!r}, which points outside the artifact")
+    target.parent.mkdir(parents=True, exist_ok=True)
     return target
 
 
-def _http_get(url: str, sink: BinaryIO | None = None) -> bytes:
+def _http_get(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=_TIMEOUT_SECONDS) as response:
-            if sink is None:
-                return bytes(response.read())
-            shutil.copyfileobj(response, sink, _CHUNK)
-            return b""
+            return bytes(response.read())
+    except urllib.error.HTTPError as error:
+        raise SourceError(f"GET {url} answered {error.code} {error.reason}") from error
+    except (urllib.error.URLError, OSError) as error:
+        raise SourceError(f"GET {url} failed: {error}") from error
+
+
+def _http_download(url: str, target: pathlib.Path) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_SECONDS) as response, target.open("wb") as handle:
+            shutil.copyfileobj(response, handle, _CHUNK)
     except urllib.error.HTTPError as error:
         raise SourceError(f"GET {url} answered {error.code} {error.reason}") from error
     except (urllib.error.URLError, OSError) as error:

@@ -59,6 +59,8 @@ def encode_response(outputs: Mapping[str, Tensor], specs: Sequence[TensorSpec]) 
 
 
 def _json_ready(array: Tensor) -> object:
+    if array.ndim == 0:
+        return array.item()
     if array.dtype == np.float16:
         return array.astype(np.float32)
     return np.ascontiguousarray(array)
