@@ -105,7 +105,7 @@ async def test_create_serves_and_then_writes_nothing(cluster: Cluster, operator:
     assert condition(status, "Ready")["status"] == "True"
     assert condition(status, "Degraded")["status"] == "False"
     assert status["replicas"] == {"desired": 2, "ready": 2, "updated": 2, "available": 2}
-    assert await cluster.events("RolloutComplete")
+    await wait_for(lambda: cluster.events("RolloutComplete"), what="Event RolloutComplete")
     await asyncio.sleep(1)
     before = writes(cluster)
     await asyncio.sleep(3)  # six resync periods
@@ -145,7 +145,7 @@ async def test_model_change_rolls_out_and_a_failed_rollout_rolls_back(
     await roll_out(cluster, updatedReplicas=1, replicas=3, availableReplicas=2)
     status = await wait_status(cluster, lambda s: condition(s, "Progressing").get("status") == "True", "rolling")
     assert status["model"] == V2 and status["previousModel"] == V1
-    assert await cluster.events("RolloutStarted")
+    await wait_for(lambda: cluster.events("RolloutStarted"), what="Event RolloutStarted")
     status = await serving(cluster, V2["sha256"])
     assert status["previousModel"] == V1
 
@@ -164,7 +164,7 @@ async def test_model_change_rolls_out_and_a_failed_rollout_rolls_back(
     assert condition(status, "RolledBack")["reason"] == "ProgressDeadlineExceeded"
     assert "timed out" in condition(status, "RolledBack")["message"]
     await wait_deployment(cluster, sha256=V2["sha256"])
-    assert await cluster.events("RolledBack")
+    await wait_for(lambda: cluster.events("RolledBack"), what="Event RolledBack")
     await serving(cluster, V2["sha256"])
 
 
@@ -181,7 +181,7 @@ async def test_canary_is_promoted_when_healthy(cluster: Cluster, operator: Opera
     assert status["model"] == V2 and status["previousModel"] == V1
     await wait_deployment(cluster, sha256=V2["sha256"])
     await wait_for(lambda: _gone(cluster, "Deployment", "digits-canary"), what="canary removed")
-    assert await cluster.events("CanaryPromoted")
+    await wait_for(lambda: cluster.events("CanaryPromoted"), what="Event CanaryPromoted")
 
 
 async def test_failing_canary_is_removed(cluster: Cluster, operator: OperatorProcess) -> None:
@@ -288,7 +288,7 @@ async def test_invalid_spec_gets_no_children(cluster: Cluster, operator: Operato
     status = await wait_status(cluster, lambda s: s.get("phase") == "Failed", "Failed")
     assert condition(status, "Ready")["reason"] == "InvalidSpec"
     assert "set replicas or autoscaling, not both" in condition(status, "Ready")["message"]
-    assert await cluster.events("InvalidSpec")
+    await wait_for(lambda: cluster.events("InvalidSpec"), what="Event InvalidSpec")
     await asyncio.sleep(1)
     assert await cluster.list("Deployment") == [] and await cluster.list("Service") == []
 

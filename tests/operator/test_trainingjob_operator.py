@@ -129,7 +129,7 @@ async def test_running_then_worker_loss_recreates_worker(cluster: Cluster, opera
     status = await wait_status(cluster, lambda s: s["workerRestarts"] == 2, "workerRestarts 2")
     assert status["attempt"] == 1
     await wait_pods(cluster, [HEAD, *WORKERS], attempt=1)
-    assert await cluster.events("WorkerRestarted")
+    await wait_for(lambda: cluster.events("WorkerRestarted"), what="Event WorkerRestarted")
 
 
 async def test_head_failures_until_backoff_limit(cluster: Cluster, operator: OperatorProcess) -> None:
@@ -154,7 +154,7 @@ async def test_head_failures_until_backoff_limit(cluster: Cluster, operator: Ope
     assert status["chargedFailures"] == 2
     # cleanPodPolicy Running (the default): running workers go, the failed head stays for its logs.
     await wait_for(lambda: _only(cluster, [HEAD]), what="only the head left")
-    assert await cluster.events("Failed")
+    await wait_for(lambda: cluster.events("Failed"), what="Event Failed")
 
 
 async def _only(cluster: Cluster, names: list[str]) -> bool:
