@@ -40,6 +40,10 @@ PROGRESS_PORT: Final = 8090
 PROGRESS_PORT_NAME: Final = "progress"
 PROGRESS_PATH: Final = "/progress"
 METRICS_PATH: Final = "/metrics"
+ENV_PROGRESS_PORT: Final = "MAAS_PROGRESS_PORT"
+"""Overrides PROGRESS_PORT (for several heads on one machine, e.g. in tests); pods use the default."""
+ENV_RAY_START_ARGS: Final = "MAAS_RAY_START_ARGS"
+"""Extra `ray start` arguments for the launcher, split like a shell (e.g. --object-store-memory=...)."""
 
 
 class ExitCode(enum.IntEnum):
@@ -58,6 +62,8 @@ SIGNAL_EXIT_BASE: Final = 128
 """A container killed by signal n exits with 128 + n; the pod's reason decides who is to blame."""
 
 TERMINATION_LOG: Final = "/dev/termination-log"
+ENV_TERMINATION_LOG: Final = "MAAS_TERMINATION_LOG"
+"""Overrides TERMINATION_LOG outside Kubernetes (local runs, tests)."""
 TERMINATION_MESSAGE_MAX_BYTES: Final = 4096
 
 
