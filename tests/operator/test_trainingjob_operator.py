@@ -122,8 +122,12 @@ async def test_running_then_worker_loss_recreates_worker(cluster: Cluster, opera
     # A worker fails: it is deleted and recreated under its name, the attempt goes on.
     await cluster.set_pod(WORKERS[0], "Failed", exit_code=137, reason="OOMKilled")
     await wait_status(cluster, lambda s: s["workerRestarts"] == 1, "workerRestarts 1")
-    recreated = await cluster.get("Pod", WORKERS[0])
-    assert recreated is not None and (recreated.get("status") or {}).get("phase") is None
+
+    async def recreated() -> bool:
+        pod = await cluster.get("Pod", WORKERS[0])  # status is written before the create
+        return pod is not None and (pod.get("status") or {}).get("phase") is None
+
+    await wait_for(recreated, what=f"{WORKERS[0]} recreated")
     # A worker disappears: recreated too.
     await cluster.delete("Pod", WORKERS[1])
     status = await wait_status(cluster, lambda s: s["workerRestarts"] == 2, "workerRestarts 2")
