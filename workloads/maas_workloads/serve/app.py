@@ -258,7 +258,7 @@ class App:
         return json_response({"name": name, "ready": self.state.ready}, 200 if self.state.ready else 503)
 
     async def _infer(self, request: _Request) -> Response:
-        with _Inflight(self.model_metrics.inflight):
+        with _Inflight(self.state):
             model = self._loaded()
             body = await self._read_body(request)
             length = oip.header_length(_header(request, b"inference-header-content-length"), len(body))
@@ -277,7 +277,7 @@ class App:
         return Response(200, content, _OCTET, [(b"inference-header-content-length", str(json_length).encode())])
 
     async def _predict_v1(self, request: _Request) -> Response:
-        with _Inflight(self.model_metrics.inflight):
+        with _Inflight(self.state):
             model = self._loaded()
             body = await self._read_body(request)
             inputs, rows = v1.decode_request(body, model.inputs)
@@ -316,14 +316,18 @@ class App:
 
 
 class _Inflight:
-    def __init__(self, gauge: Any) -> None:
-        self._gauge = gauge
+    """Counts an inference request from arrival to answer, for the batcher and the gauge."""
+
+    def __init__(self, state: ModelState) -> None:
+        self._state = state
 
     def __enter__(self) -> None:
-        self._gauge.inc()
+        self._state.inflight += 1
+        self._state.metrics.inflight.inc()
 
     def __exit__(self, *_: object) -> None:
-        self._gauge.dec()
+        self._state.inflight -= 1
+        self._state.metrics.inflight.dec()
 
 
 def _allow(method: str, path: str, allowed: str) -> None:

@@ -1,7 +1,8 @@
 """Dynamic batching: requests queue, are combined, run off the event loop, and split back.
 
-A batch closes when it holds `max_batch_size` rows or when its oldest request has waited
-`max_delay` seconds. The model runs in one worker thread (torch parallelises inside an op),
+A batch closes when it holds `max_batch_size` rows, when its oldest request has waited
+`max_delay` seconds, or at once when no other request is in flight that could still join it
+(so a lone caller never pays the delay). The model runs in one worker thread (torch parallelises inside an op),
 so the event loop keeps accepting and parsing requests meanwhile. The queue is bounded: a
 full queue refuses at once with 429 rather than letting callers time out later.
 """
@@ -46,8 +47,11 @@ class Batcher:
         max_batch_size: int,
         max_delay_seconds: float,
         max_queue_size: int,
+        inflight: Callable[[], int] | None = None,
     ) -> None:
+        """`inflight` counts requests received and not yet answered, queued or not."""
         self._predict = predict
+        self._inflight = inflight
         self._metrics = metrics
         self._max_batch_size = max_batch_size
         self._max_delay = max_delay_seconds
@@ -113,7 +117,7 @@ class Batcher:
         while rows < self._max_batch_size:
             if not self._queue:
                 remaining = closes_at - loop.time()
-                if remaining <= 0 or self._stopping:
+                if remaining <= 0 or self._stopping or not self._may_grow(len(batch)):
                     break
                 self._wakeup.clear()
                 try:
@@ -131,6 +135,10 @@ class Batcher:
             batch.append(candidate)
             rows += candidate.rows
         return batch
+
+    def _may_grow(self, batched: int) -> bool:
+        """Whether a request that is not in this batch yet is on its way (received, still parsing)."""
+        return self._inflight is None or self._inflight() > batched
 
     async def _first_live(self) -> _Pending | None:
         while True:

@@ -32,6 +32,8 @@ class ModelState:
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
         self.draining = False
+        self.inflight = 0
+        """Inference requests received and not yet answered: the batcher waits only for these."""
         metrics.ready.set(0)
 
     @property
@@ -63,6 +65,7 @@ class ModelState:
             max_batch_size=self.settings.max_batch_size,
             max_delay_seconds=self.settings.max_delay_ms / 1000,
             max_queue_size=self.settings.max_queue_size,
+            inflight=lambda: self.inflight,
         )
         batcher.start()
         self.model, self.batcher = loaded, batcher
