@@ -66,3 +66,22 @@ def test_cuda_inference_matches_cpu(digits_dir: pathlib.Path) -> None:
     on_cpu = load(digits_dir, expected_sha256=None, device="cpu").predict({"pixels": pixels})
     on_gpu = load(digits_dir, expected_sha256=None, device="cuda").predict({"pixels": pixels})
     np.testing.assert_allclose(on_gpu["logits"], on_cpu["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_serves_what_the_trainer_publishes(tmp_path: pathlib.Path) -> None:
+    from maas_workloads.artifact import Source
+    from maas_workloads.train.publish import export
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    labels = [str(n) for n in range(10)]
+    _, digest = export(
+        module, torch.zeros(2, 64), tmp_path / "digits", source=Source(name="digits"), metrics={}, labels=labels
+    )
+    model = load(tmp_path / "digits", expected_sha256=digest, device="cpu")
+    pixels = np.random.default_rng(0).uniform(0, 16, size=(3, 64)).astype(np.float32)
+    outputs = model.predict({"input": pixels})
+    with torch.no_grad():
+        expected = module(torch.from_numpy(pixels)).numpy()
+    np.testing.assert_allclose(outputs["output"], expected, rtol=1e-5, atol=1e-6)
+    assert model.manifest.labels == labels
