@@ -50,14 +50,6 @@ def test_the_operators_pod_spec_runs_the_server(digits_dir: pathlib.Path, tmp_pa
     env[contract.ENV_MODEL_CACHE_DIR] = str(tmp_path / "cache")
 
     server = Server(env[contract.ENV_MODEL_URI], tmp_path / "server.log", env)
-    assert (
-        server.process.args[1:]
-        == [  # type: ignore[index]
-            "-m",
-            *container["command"][2:],
-        ]
-        and server.process.args[0] == sys.executable
-    )  # type: ignore[index]
     try:
         server.wait_ready()
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
