@@ -27,6 +27,7 @@ from maas_workloads.serve.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from maas_workloads.serve.logs import AccessLog
 from maas_workloads.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from maas_workloads.serve.metrics import Metrics
 from maas_workloads.serve.model import LoadedModel
@@ -45,7 +46,6 @@ _JSON: Final = b"application/json"
 _OCTET: Final = b"application/octet-stream"
 _PLATFORMS: Final = {"torchscript": "pytorch_torchscript", "torch.export": "pytorch_export", "onnx": "onnxruntime_onnx"}
 
-access_log = logging.getLogger("maas.access")
 log = logging.getLogger(__name__)
 
 
@@ -87,6 +87,8 @@ class App:
         self._auth = BearerAuth(settings.auth_token) if settings.auth_token else None
         self._loading: asyncio.Task[None] | None = None
         self._version = _version()
+        self._access_log = AccessLog() if settings.access_log else None
+        self._access_log_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -99,12 +101,18 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 # Loading runs in the background: the port answers liveness (and 503 readiness) meanwhile.
-                self._loading = asyncio.get_running_loop().create_task(self.state.load(), name="load-model")
+                loop = asyncio.get_running_loop()
+                self._loading = loop.create_task(self.state.load(), name="load-model")
+                if self._access_log is not None:
+                    self._access_log_task = loop.create_task(self._access_log.run(), name="access-log")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._loading is not None and not self._loading.done():
                     self._loading.cancel()
                 await self.state.close()
+                if self._access_log_task is not None:
+                    self._access_log_task.cancel()
+                    await asyncio.gather(self._access_log_task, return_exceptions=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -135,18 +143,17 @@ class App:
         seconds = time.perf_counter() - started
         if request.protocol is not None:
             self.model_metrics.observe_request(request.protocol, response.status, seconds)
-        if self.settings.access_log:
+        if self._access_log is not None:
             client = scope.get("client")
-            access_log.info(
-                "request",
-                extra={
+            self._access_log.record(
+                {
                     "method": request.method,
                     "path": request.path,
                     "status": response.status,
                     "duration_ms": round(seconds * 1000, 3),
                     "response_bytes": len(response.body),
                     "client": client[0] if client else None,
-                },
+                }
             )
 
     async def _route(self, request: _Request) -> Response:
