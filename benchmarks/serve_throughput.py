@@ -4,8 +4,8 @@ Both servers load the same TorchScript artifact (the digits MLP and a heavier 4x
 answer the same Open Inference Protocol v2 JSON request (one row). A closed-loop load
 generator, in its own process and part of neither server, keeps `c` requests in flight on `c`
 keep-alive connections for a fixed duration at each concurrency. The raw model is called
-in-process at several batch sizes with the same torch thread count as the servers; its best
-rows/s is the physical limit on this machine.
+in-process at several batch sizes with the same torch thread count as the servers, before and
+after the servers run; its best rows/s is the physical limit on this machine.
 
     python benchmarks/serve_throughput.py [--duration 5] [--concurrency 1 8 32 64]
 
@@ -140,27 +140,36 @@ def build_artifacts(root: pathlib.Path) -> dict[str, pathlib.Path]:
     return directories
 
 
-def raw_throughput(artifact: pathlib.Path, seconds: float = 1.5) -> dict[str, Any]:
-    """Rows/s of the model called directly, per batch size, in a fresh process with THREADS threads."""
+def raw_throughput(artifact: pathlib.Path, seconds: float = 1.0, rounds: int = 3) -> dict[int, float]:
+    """Rows/s of the model called directly, per batch size, in a fresh process with THREADS threads.
+
+    The sweep is repeated and the best of each batch size kept: on a shared machine the best
+    observed rate is the closest estimate of the physical limit.
+    """
     code = f"""
 import json, time, torch
 torch.set_num_threads({THREADS})
 model = torch.jit.load({str(artifact / "model.pt")!r}).eval()
 result = {{}}
-for batch in (1, 8, 32, 64, 128, 256):
-    x = torch.rand(batch, 64)
-    with torch.inference_mode():
-        for _ in range(20):
-            model(x)
-        rows, started = 0, time.perf_counter()
-        while time.perf_counter() - started < {seconds}:
-            model(x)
-            rows += batch
-    result[batch] = rows / (time.perf_counter() - started)
+for _ in range({rounds}):
+    for batch in (1, 8, 32, 64, 128, 256):
+        x = torch.rand(batch, 64)
+        with torch.inference_mode():
+            for _ in range(5):
+                model(x)
+            rows, started = 0, time.perf_counter()
+            while time.perf_counter() - started < {seconds}:
+                model(x)
+                rows += batch
+        result[batch] = max(result.get(batch, 0.0), rows / (time.perf_counter() - started))
 print(json.dumps(result))
 """
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    by_batch = {int(batch): rate for batch, rate in json.loads(output).items()}
+    return {int(batch): rate for batch, rate in json.loads(output).items()}
+
+
+def summarize_raw(*sweeps: dict[int, float]) -> dict[str, Any]:
+    by_batch = {batch: max(sweep[batch] for sweep in sweeps) for batch in sweeps[0]}
     best = max(by_batch, key=lambda batch: by_batch[batch])
     return {"by_batch": by_batch, "best_batch": best, "throughput": by_batch[best]}
 
@@ -229,7 +238,8 @@ def main() -> None:
     for name in options.models:
         artifact = artifacts[name]
         print(f"{name}: raw model in-process ...", flush=True)
-        entry: dict[str, Any] = {"raw": raw_throughput(artifact), "servers": {}}
+        raw_before = raw_throughput(artifact)
+        entry: dict[str, Any] = {"servers": {}}
         contenders = {
             "maas": [
                 *[sys.executable, "-m", "maas_workloads.serve", "--model", str(artifact), "--model-name", name],
@@ -255,6 +265,8 @@ def main() -> None:
         finally:
             for process in processes.values():
                 stop(process)
+        print(f"{name}: raw model in-process again ...", flush=True)
+        entry["raw"] = summarize_raw(raw_before, raw_throughput(artifact))
         results[name] = entry
 
     report = {

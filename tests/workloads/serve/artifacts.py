@@ -112,7 +112,7 @@ def two_in_two_out_artifact(directory: pathlib.Path) -> str:
     )
 
 
-def slow_artifact(directory: pathlib.Path, iterations: int = 400) -> str:
+def slow_artifact(directory: pathlib.Path, iterations: int = 1500) -> str:
     torch.manual_seed(0)
     return publish(
         directory,
