@@ -56,6 +56,16 @@ def test_triton_client_json_and_classification(digits_server: Server) -> None:
     assert [label for _, _, label in best] == [f"digit-{n}" for n in labels]
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_triton_client_compressed_requests(digits_server: Server, compression: str) -> None:
+    client = triton.InferenceServerClient(url=digits_server.url.removeprefix("http://"))
+    pixels, labels = _pixels(20)
+    request = triton.InferInput("pixels", list(pixels.shape), "FP32")
+    request.set_data_from_numpy(pixels)
+    result = client.infer("digits", [request], request_compression_algorithm=compression)
+    assert (result.as_numpy("logits").argmax(axis=1) == labels).mean() > 0.9
+
+
 def test_triton_client_versioned_model(digits_server: Server) -> None:
     client = triton.InferenceServerClient(url=digits_server.url.removeprefix("http://"))
     assert client.get_model_metadata("digits", model_version="1")["versions"] == ["1"]

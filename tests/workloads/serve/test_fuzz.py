@@ -28,7 +28,7 @@ def test_fuzzed_requests_never_get_a_server_error(digits_server: Server) -> None
 
     strategy = st.one_of(*(operation.as_strategy() for operation in operations))
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(case=strategy)
     def call(case: schemathesis.Case) -> None:
         response = case.call(base_url=digits_server.url, timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import pathlib
 import time
 from collections.abc import Iterator
@@ -128,6 +129,18 @@ def test_body_over_the_limit_is_413(http: httpx.Client) -> None:
     response = http.post("/v2/models/digits/infer", content=huge)
     assert response.status_code == 413
     assert http.get("/v2/health/ready").status_code == 200
+
+
+def test_content_encodings(http: httpx.Client) -> None:
+    gzip_bomb = gzip.compress(b" " * (64 * 1024 * 1024 + 10))
+    too_big = http.post("/v2/models/digits/infer", content=gzip_bomb, headers={"content-encoding": "gzip"})
+    assert too_big.status_code == 413
+    assert "decompresses to more than" in too_big.json()["error"]
+    corrupt = http.post("/v2/models/digits/infer", content=b"not gzip", headers={"content-encoding": "gzip"})
+    assert corrupt.status_code == 400
+    unknown = http.post("/v2/models/digits/infer", content=b"{}", headers={"content-encoding": "br"})
+    assert unknown.status_code == 415
+    assert "Content-Encoding 'br'" in unknown.json()["error"]
 
 
 async def test_concurrent_callers_get_their_own_rows(digits_server: Server) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -26,6 +27,7 @@ from maas_workloads.serve.errors import (
     ServeError,
     UnauthorizedError,
     UnavailableError,
+    UnsupportedMediaTypeError,
 )
 from maas_workloads.serve.logs import AccessLog
 from maas_workloads.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -319,7 +321,8 @@ class App:
                 raise PayloadTooLargeError(f"the body has more than {limit} bytes, this server's limit")
             chunks.append(chunk)
             if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return _decompress(body, _header(request, b"content-encoding"), limit)
 
 
 class _Inflight:
@@ -335,6 +338,28 @@ class _Inflight:
     def __exit__(self, *_: object) -> None:
         self._state.inflight -= 1
         self._state.metrics.inflight.dec()
+
+
+# zlib window bits: gzip framing, and zlib framing (what "deflate" means in HTTP).
+_ENCODINGS: Final = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body without its Content-Encoding (Triton's clients can gzip or deflate requests)."""
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    bits = _ENCODINGS.get(encoding.strip().lower())
+    if bits is None:
+        raise UnsupportedMediaTypeError(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
+    decompressor = zlib.decompressobj(bits)
+    try:
+        # Bounded, so that a small compressed body cannot expand past the limit.
+        data = decompressor.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise BadRequestError(f"the body is not valid {encoding} data: {error}") from None
+    if len(data) > limit or decompressor.unconsumed_tail:
+        raise PayloadTooLargeError(f"the body decompresses to more than {limit} bytes, this server's limit")
+    return data
 
 
 def _allow(method: str, path: str, allowed: str) -> None:

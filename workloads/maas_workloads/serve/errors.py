@@ -40,6 +40,10 @@ class PayloadTooLargeError(ServeError):
     status = 413
 
 
+class UnsupportedMediaTypeError(ServeError):
+    status = 415
+
+
 class TooManyRequestsError(ServeError):
     status = 429
 

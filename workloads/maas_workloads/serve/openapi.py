@@ -21,6 +21,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "missing or wrong bearer token",
         404: "unknown model or version",
         413: "body larger than the server's limit",
+        415: "Content-Encoding other than gzip, deflate or identity",
         429: "queue full; retry after the Retry-After header's seconds",
         500: "the model failed on valid input",
         503: "model not ready (loading, failed to load, or draining)",
@@ -75,7 +76,7 @@ def document(
         },
         "responses": {
             "200": _json({"$ref": "#/components/schemas/InferResponse"}, "the outputs"),
-            **_errors(400, 401, 404, 413, 429, 500, 503, 504),
+            **_errors(400, 401, 404, 413, 415, 429, 500, 503, 504),
         },
     }
     metadata = {
@@ -174,7 +175,7 @@ def document(
                         {"type": "object", "properties": {"predictions": {"type": "array"}}},
                         "one prediction per instance",
                     ),
-                    **_errors(400, 401, 404, 413, 429, 500, 503, 504),
+                    **_errors(400, 401, 404, 413, 415, 429, 500, 503, 504),
                 },
             },
         },
