@@ -62,7 +62,7 @@ def train_func(config: dict[str, Any]) -> None:
         model.eval()
         with torch.no_grad():
             accuracy = float((model(x_val).argmax(dim=1) == y_val).float().mean())
-        metrics = {"loss": float(loss), "val_accuracy": accuracy}
+        metrics = {"loss": loss.item(), "val_accuracy": accuracy}
         with tempfile.TemporaryDirectory() as directory:
             if rank == 0:
                 inner = model.module if hasattr(model, "module") else model

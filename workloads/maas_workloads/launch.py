@@ -49,6 +49,12 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
+def install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGINT into Terminated; again after ray.init, whose core worker replaces them."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+
 # --- Termination message ------------------------------------------------------------------------
 
 
@@ -171,6 +177,7 @@ def _connect(node: subprocess.Popen[bytes], host: str, port: int) -> None:
         ray.init(address=f"{host}:{port}", logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as error:
         raise InfrastructureError(f"cannot attach to the Ray head at {host}:{port}: {error}") from error
+    install_signal_handlers()
 
 
 def run_user_command(context: JobContext, address: str) -> None:
@@ -320,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("role", choices=["head", "worker"])
     role = parser.parse_args(argv).role
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    install_signal_handlers()
     try:
         context = JobContext.from_env()
     except ConfigurationError as error:

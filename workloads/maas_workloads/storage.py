@@ -293,7 +293,7 @@ class S3Location(Location):
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            if code in ("NoSuchKey", "404", "ObjectNotFoundError"):
+            if code in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectNotFoundError(f"{what}: not found") from error
             if code in _CONFIG_ERROR_CODES or status in (400, 403):
                 hint = " (check the bucket name and the AWS_* credentials)" if status == 403 or code else ""

@@ -71,7 +71,10 @@ class LocalJob:
             "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("workloads", "operator", ".")),
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_DEDUP_LOGS": "0",
+            # Fewer helper actors: each is a Python process to start on a 2-core machine.
             "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
             "PYTHONUNBUFFERED": "1",
             contract.ENV_TRAININGJOB: json.dumps(job_spec),
             contract.ENV_JOB_NAME: "test",
@@ -148,6 +151,19 @@ class LocalJob:
                 return json.loads(response.read())  # type: ignore[no-any-return]
         except OSError:
             return None
+
+    def wait_for_checkpoint(self, timeout: float = 180) -> dict[str, Any]:
+        """The head's progress once it names a checkpoint; fails early if the head exits."""
+        assert self.head is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.head.poll() is not None:
+                raise AssertionError(f"the head exited with {self.head.returncode}:\n{self.log('head')[-3000:]}")
+            progress = self.progress()
+            if progress and progress.get("lastCheckpoint"):
+                return progress
+            time.sleep(0.2)
+        raise AssertionError(f"no checkpoint within {timeout}s:\n{self.log('head')[-3000:]}")
 
     def metrics_text(self) -> str:
         url = f"http://127.0.0.1:{self.progress_port}{contract.METRICS_PATH}"

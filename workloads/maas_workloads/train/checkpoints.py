@@ -45,6 +45,7 @@ class CheckpointStore:
         self.location = location
         self.keep = keep
         self.job_uid = job_uid
+        self._markers: dict[int, dict[str, Any]] = {}
 
     def _scan(self) -> tuple[list[int], list[int]]:
         """(this job's committed steps, uncommitted steps), each sorted."""
@@ -70,8 +71,10 @@ class CheckpointStore:
         return self._info(committed[-1]) if committed else None
 
     def _marker(self, step: int) -> dict[str, Any]:
-        marker: dict[str, Any] = json.loads(self.location.read_bytes(f"{directory_name(step)}/{MARKER}"))
-        return marker
+        # A committed marker never changes (a re-save of the same step rewrites it through save()).
+        if step not in self._markers:
+            self._markers[step] = json.loads(self.location.read_bytes(f"{directory_name(step)}/{MARKER}"))
+        return self._markers[step]
 
     def _info(self, step: int) -> CheckpointInfo:
         directory = directory_name(step)
@@ -101,6 +104,7 @@ class CheckpointStore:
             "createdAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         }
         (source / MARKER).write_text(json.dumps(marker))
+        self._markers.pop(step, None)
         try:
             self.location.publish_directory(source, directory_name(step), MARKER)
         finally:
@@ -119,6 +123,7 @@ class CheckpointStore:
         newest = committed[-1]
         for step in committed[: -self.keep] + [s for s in uncommitted if s < newest]:
             self.location.delete_prefix(directory_name(step))
+            self._markers.pop(step, None)
 
     def download(self, info: CheckpointInfo, destination: pathlib.Path) -> pathlib.Path:
         """A local directory holding the checkpoint's files (the mounted one itself for file:// stores)."""
