@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -62,9 +63,10 @@ def test_tampered_or_unpinned_artifacts_never_become_ready(digits_dir: pathlib.P
         for server, reason in zip(servers, reasons, strict=True):
             server.wait_live()
             with httpx.Client(base_url=server.url, timeout=30) as http:
-                response = http.get("/v2/health/ready")
-                while "loading" in response.text:
-                    response = http.get("/v2/health/ready")
+                deadline = time.monotonic() + 60
+                while "loading" in (response := http.get("/v2/health/ready")).text:
+                    assert time.monotonic() < deadline, "the model never finished loading"
+                    time.sleep(0.1)
                 assert response.status_code == 503
                 assert reason in response.json()["reason"]
                 infer = http.post("/v2/models/tampered/infer", json={"inputs": []})
