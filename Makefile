@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml constraints.txt scripts/install-tools.sh
 	scripts/install-tools.sh $(BIN)
 	touch $(STAMP)
 
-# The main job: print the Kubernetes objects the operator creates for the example TrainingJob.
+# The main job, without a cluster: train the example TrainingJob on a local Ray cluster, then
+# serve its model with the example ModelService and send it a request.
 run: install
-	$(BIN)/maas render -f examples/trainingjob.yaml
+	$(BIN)/maas run -f examples/trainingjob.yaml -f examples/modelservice.yaml
 
 test: install lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)

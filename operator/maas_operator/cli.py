@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import logging
 import pathlib
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -107,6 +109,39 @@ def render_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_command(args: argparse.Namespace) -> int:
+    from maas_operator import local
+
+    config = OperatorConfig.from_env()
+    documents = [
+        document
+        for path in args.file
+        for document in yaml.safe_load_all(pathlib.Path(path).read_text())
+        if isinstance(document, dict)
+    ]
+
+    def wait_for_interrupt(url: str) -> None:
+        print(f"serving at {url} until Ctrl-C", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+    try:
+        local.run(
+            documents,
+            pathlib.Path(args.workdir),
+            config.training_image,
+            config.serving_image,
+            keep_serving=wait_for_interrupt if args.keep_serving else None,
+        )
+    except ValidationError as error:
+        print(describe_validation_error(error), file=sys.stderr)
+        return 2
+    except local.RunError as error:
+        print(f"maas run: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def operator_command(args: argparse.Namespace) -> int:
     import kopf
 
@@ -142,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-f", "--file", required=True, help="YAML file with TrainingJob and ModelService documents, or -"
     )
     render.set_defaults(handler=render_command)
+
+    run = commands.add_parser("run", help="train a TrainingJob and serve its model on this machine, without a cluster")
+    run.add_argument(
+        "-f", "--file", action="append", required=True, help="YAML with a TrainingJob, ModelServices, Secrets"
+    )
+    run.add_argument("--workdir", default=".maas-run", help="logs, volumes and caches (default .maas-run)")
+    run.add_argument("--keep-serving", action="store_true", help="serve until Ctrl-C instead of stopping")
+    run.set_defaults(handler=run_command)
 
     operator = commands.add_parser("operator", help="run the operator against the current cluster")
     operator.add_argument("-n", "--namespace", action="append", help="watch only this namespace (repeatable)")
