@@ -12,7 +12,9 @@ import time
 
 import httpx
 import pytest
+import yaml
 
+from maas_operator.cli import main as render_main
 from tests.workloads.serve.conftest import ROOT, Server
 
 pytestmark = pytest.mark.slow
@@ -80,3 +82,54 @@ async def test_sigterm_drains_every_accepted_request(digits_dir: pathlib.Path, t
     assert [outcome for outcome in before if outcome != 200] == []
     assert 200 in after, "requests kept being answered during the drain delay"
     assert "draining" in server.log()
+
+
+MODELSERVICE = """
+apiVersion: maas.dev/v1alpha1
+kind: ModelService
+metadata: {name: digits, namespace: team-a}
+spec:
+  model: {uri: "file:///models/digits"}
+  resources: {cpu: "2", memory: 1Gi}
+  auth: {tokenSecretRef: {name: digits-token, key: token}}
+"""
+
+
+def test_runs_as_the_operator_deploys_it(
+    digits_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pod the operator renders (command, env, port, probes) starts this server unchanged."""
+    spec_file = tmp_path / "modelservice.yaml"
+    spec_file.write_text(MODELSERVICE)
+    assert render_main(["render", "-f", str(spec_file)]) == 0
+    rendered = capsys.readouterr().out
+    deployment = next(o for o in yaml.safe_load_all(rendered) if o and o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "maas_workloads.serve"]
+    assert not container.get("args")
+    assert container["ports"][0]["name"] == "http"
+    probes = {kind: container[kind]["httpGet"]["path"] for kind in ("readinessProbe", "livenessProbe")}
+
+    pod_env = {item["name"]: item.get("value", "") for item in container["env"]}
+    token = "from-the-secret"
+    pod_env["MAAS_AUTH_TOKEN"] = token  # the kubelet would resolve the secretKeyRef
+    pod_env["MAAS_MODEL_URI"] = f"file://{digits_dir}"
+    pod_env["MAAS_MODEL_CACHE_DIR"] = str(tmp_path / "cache")
+    pod_env.pop("MAAS_PORT")
+    server = Server(pod_env["MAAS_MODEL_URI"], tmp_path / "pod.log", pod_env)
+    try:
+        server.wait_live()
+        deadline = time.monotonic() + 60
+        while httpx.get(server.url + probes["readinessProbe"], timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        assert httpx.get(server.url + probes["livenessProbe"], timeout=10).status_code == 200
+        infer = httpx.post(
+            f"{server.url}/v2/models/{pod_env['MAAS_MODEL_NAME']}/infer",
+            json=REQUEST,
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert infer.status_code == 200, infer.text
+    finally:
+        assert server.stop() == 0
