@@ -118,6 +118,7 @@ def train_loop(config: dict[str, Any]) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
     metrics: dict[str, float] = {}
+    first_epoch = epoch
     while epoch < hp.epochs:
         indices = _shard(len(train.labels), epoch, hp.seed, rank, world_size)
         loss_sum, loss_count, samples, started = 0.0, 0, 0, time.perf_counter()
@@ -134,6 +135,9 @@ def train_loop(config: dict[str, Any]) -> None:
             loss_sum += float(loss.detach())
             loss_count += 1
             samples += len(index) * world_size
+            if loss_count == 1 and epoch == first_epoch:
+                # Progress shows that training runs as soon as it does, not an epoch later.
+                sdk.report({"loss": loss_sum}, epoch=epoch, step=step, total_steps=total_steps)
             if every_steps and step % every_steps == 0 and batch + 1 < per_epoch:
                 checkpoint_and_report({"loss": loss_sum / loss_count}, epoch, batch + 1, due=True)
         batch_in_epoch = 0
