@@ -6,6 +6,7 @@ in manifest order; it returns a tensor, a tuple/list in manifest order, or a dic
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import time
@@ -104,7 +105,7 @@ def load(directory: pathlib.Path, *, expected_sha256: str | None, device: str) -
     _warm_up(model)
     seconds = time.perf_counter() - started
     log.info("model loaded", extra={"format": manifest.format, "device": str(target), "seconds": round(seconds, 3)})
-    return LoadedModel(manifest, manifest_sha256, module, target, seconds)
+    return dataclasses.replace(model, load_seconds=seconds)
 
 
 def _load_module(manifest: Manifest, path: pathlib.Path, device: torch.device) -> Any:

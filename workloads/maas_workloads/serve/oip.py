@@ -7,7 +7,7 @@ everything past this module sees well-formed, batch-aligned tensors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -203,7 +203,7 @@ def _bool(raw: Mapping[str, object], key: str, where: str) -> bool:
     return value
 
 
-def _names(specs: Sequence[TensorSpec] | Any) -> str:
+def _names(specs: Iterable[TensorSpec]) -> str:
     return ", ".join(repr(spec.name) for spec in specs)
 
 
