@@ -109,6 +109,8 @@ def _server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, uri: s
         contract.ENV_TIMEOUT_SECONDS: str(spec.server.timeout_seconds),
         contract.ENV_MAX_REQUEST_BYTES: str(spec.server.max_request_bytes),
         contract.ENV_DRAIN_SECONDS: str(spec.server.timeout_seconds),
+        # The preStop sleep already keeps the pod serving while endpoints drop it.
+        contract.ENV_DRAIN_DELAY_SECONDS: "0",
         contract.ENV_DEVICE: "cuda" if spec.resources.gpu else "cpu",
         contract.ENV_MODEL_CACHE_DIR: contract.MODEL_CACHE_MOUNT,
         "HOME": "/tmp",
@@ -194,10 +196,7 @@ def pod_template(
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "securityContext": dict(POD_SECURITY_CONTEXT),
-        "terminationGracePeriodSeconds": PRE_STOP_SECONDS
-        + math.ceil(contract.DEFAULT_DRAIN_DELAY_SECONDS)
-        + spec.server.timeout_seconds
-        + SHUTDOWN_MARGIN_SECONDS,
+        "terminationGracePeriodSeconds": PRE_STOP_SECONDS + spec.server.timeout_seconds + SHUTDOWN_MARGIN_SECONDS,
         "topologySpreadConstraints": _topology_spread(selector),
         "volumes": [
             {"name": "tmp", "emptyDir": {}},
