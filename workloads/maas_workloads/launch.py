@@ -237,7 +237,10 @@ def run_head(context: JobContext) -> int:
     from maas_workloads.train.progress import ProgressServer, ProgressState
 
     progress = ProgressState(context.attempt)
-    server = ProgressServer(progress, context.progress_port, context.uid)
+    try:
+        server = ProgressServer(progress, context.progress_port, context.uid)
+    except OSError as error:
+        return fail(InfrastructureError(f"cannot serve progress on port {context.progress_port}: {error}"))
     server.start()
     extra = _ray_start_args()
     arguments = [

@@ -214,3 +214,24 @@ def test_example_trainingjob_is_valid() -> None:
     document = yaml.safe_load((REPO / "examples" / "trainingjob-custom.yaml").read_text())
     parsed = TrainingJobSpec.model_validate(document["spec"])
     assert parsed.command[-1].endswith("custom_driver.py")
+
+
+def test_training_failures_are_blamed_on_their_root_cause() -> None:
+    from ray.train import WorkerGroupError
+
+    from maas_workloads.train.driver import classify_training_failure
+    from maas_workloads.train.errors import ApplicationError, InfrastructureError
+
+    def failed(error: Exception) -> WorkerGroupError:
+        try:
+            raise RuntimeError("wrapped by Ray") from error
+        except RuntimeError as wrapped:
+            return WorkerGroupError("rank 0 failed", {0: wrapped})
+
+    unreachable = classify_training_failure(failed(storage.StorageUnavailableError("s3 timed out")))
+    assert isinstance(unreachable, InfrastructureError)
+    assert "s3 timed out" in str(unreachable)
+    assert isinstance(classify_training_failure(failed(ConfigurationError("bad option"))), ConfigurationError)
+    bug = classify_training_failure(failed(ZeroDivisionError("division by zero")))
+    assert isinstance(bug, ApplicationError)
+    assert str(bug) == "training failed: ZeroDivisionError: division by zero"
