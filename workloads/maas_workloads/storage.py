@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import uuid
 from abc import ABC, abstractmethod
@@ -23,6 +24,8 @@ from urllib.parse import unquote, urlparse
 
 _STAGING_PREFIX = ".staging-"
 _RETIRED_PREFIX = ".retired-"
+_TEMPORARY_FILE = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
+"""A file being written by write_bytes / upload_file / download_file (renamed into place when complete)."""
 
 
 class StorageError(Exception):
@@ -166,7 +169,7 @@ class LocalLocation(Location):
         for path in base.rglob("*"):
             relative = path.relative_to(self.root).as_posix()
             if path.is_file() and not any(
-                part.startswith((_STAGING_PREFIX, _RETIRED_PREFIX)) or part.endswith(".tmp")
+                part.startswith((_STAGING_PREFIX, _RETIRED_PREFIX)) or _TEMPORARY_FILE.match(part)
                 for part in relative.split("/")
             ):
                 keys.append(relative)

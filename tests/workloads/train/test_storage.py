@@ -39,12 +39,13 @@ def test_objects_round_trip(location: Location) -> None:
     location.write_bytes("a/b.txt", b"one")
     location.write_bytes("a/c/d.bin", b"two")
     location.write_bytes("e.txt", b"three")
+    location.write_bytes("a/user.tmp", b"a user's file that merely ends in .tmp")
     assert location.read_bytes("a/b.txt") == b"one"
     assert location.exists("a/c/d.bin")
     assert not location.exists("a/missing")
-    assert location.list_keys() == ["a/b.txt", "a/c/d.bin", "e.txt"]
-    assert location.list_keys("a") == ["a/b.txt", "a/c/d.bin"]
-    assert location.child("a").list_keys() == ["b.txt", "c/d.bin"]
+    assert location.list_keys() == ["a/b.txt", "a/c/d.bin", "a/user.tmp", "e.txt"]
+    assert location.list_keys("a") == ["a/b.txt", "a/c/d.bin", "a/user.tmp"]
+    assert location.child("a").list_keys() == ["b.txt", "c/d.bin", "user.tmp"]
     assert location.child("a").read_bytes("c/d.bin") == b"two"
     location.write_bytes("a/b.txt", b"replaced")
     assert location.read_bytes("a/b.txt") == b"replaced"
