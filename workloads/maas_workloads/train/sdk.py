@@ -7,10 +7,12 @@ rank 0. The job's locations and identity come from the environment the operator 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import numbers
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -123,6 +125,9 @@ def get_checkpoint() -> pathlib.Path | None:
     if info is None:
         return None
     scratch = pathlib.Path(tempfile.gettempdir()) / f"maas-checkpoint-{os.getpid()}-{info.step}"
+    if not isinstance(session.store.location, storage.LocalLocation):
+        # The copy is needed only while the training function restores from it.
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     path = session.store.download(info, scratch)
     session.step, session.epoch, session.metrics = info.step, info.epoch, dict(info.metrics)
     log.info("resuming from %s (epoch %d, step %d)", info.uri, info.epoch, info.step)
