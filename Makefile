@@ -43,8 +43,11 @@ crds: install
 	$(BIN)/maas crds --output-dir crds
 	cp crds/*.yaml charts/maas-operator/crds/
 
+# Each prints a table and writes benchmarks/results/<name>.json (minutes each; not tests).
 bench: install
 	$(BIN)/python benchmarks/operator_scale.py
+	$(BIN)/python benchmarks/serve_throughput.py
+	$(BIN)/python benchmarks/train_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
