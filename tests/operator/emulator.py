@@ -38,6 +38,7 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "apps/v1/deployments": {"kind": "Deployment", "namespaced": True, "subresources": {"status", "scale"}},
     "autoscaling/v2/horizontalpodautoscalers": {"kind": "HorizontalPodAutoscaler", "namespaced": True},
     "policy/v1/poddisruptionbudgets": {"kind": "PodDisruptionBudget", "namespaced": True},
+    "networking.k8s.io/v1/networkpolicies": {"kind": "NetworkPolicy", "namespaced": True},
     f"{GROUP_VERSION}/trainingjobs": {"kind": "TrainingJob", "namespaced": True, "subresources": {"status"}},
     f"{GROUP_VERSION}/modelservices": {"kind": "ModelService", "namespaced": True, "subresources": {"status"}},
 }
@@ -49,6 +50,7 @@ PATHS = {
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
     "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
     "TrainingJob": f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/trainingjobs",
     "ModelService": f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/modelservices",
 }

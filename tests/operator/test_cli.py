@@ -23,6 +23,7 @@ def test_render_trainingjob_example(capsys: pytest.CaptureFixture[str]) -> None:
     names = [(o["kind"], o["metadata"]["name"]) for o in objects]  # type: ignore[index]
     assert code == 0
     assert names == [
+        ("NetworkPolicy", "digits-ray"),
         ("Service", "digits-head"),
         ("Pod", "digits-head"),
         ("Pod", "digits-worker-0"),

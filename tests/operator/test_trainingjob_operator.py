@@ -97,7 +97,9 @@ async def test_create_makes_children_after_recording_identity(cluster: Cluster, 
     # One create per child, whatever the watch events made the operator re-evaluate.
     assert len(posts) == 3
     assert len(cluster.requests("POST", "/services")) == 1
-    assert_valid_objects([*pods, *services])
+    policies = await cluster.list("NetworkPolicy")
+    assert [p["metadata"]["name"] for p in policies] == ["digits-ray"]
+    assert_valid_objects([*pods, *services, *policies])
 
 
 async def test_unschedulable_pod_reason_reaches_condition(cluster: Cluster, operator: OperatorProcess) -> None:

@@ -16,6 +16,7 @@ from maas_operator.status.trainingjob import Observed, TrainingJobView, plan_tra
 OWNER = Owner("TrainingJob", "digits", "team-a", "uid-1")
 T0 = datetime.datetime(2026, 11, 1, 12, 0, 0, tzinfo=datetime.UTC)
 HEAD, W0, W1 = "digits-head", "digits-worker-0", "digits-worker-1"
+POLICY = "digits-ray"
 
 
 def spec(**run_policy: Any) -> TrainingJobSpec:
@@ -76,7 +77,7 @@ def test_new_job_records_identity_before_creating_pods() -> None:
     assert result.status.attempt == 1
     assert cond(result.status, "Created")[:2] == ("False", "CreatingPods")
     assert result.status.head_service == "digits-head.team-a.svc"
-    assert created_names(result) == [HEAD, HEAD, W0, W1]  # the Service, then the pods
+    assert created_names(result) == [POLICY, HEAD, HEAD, W0, W1]  # the NetworkPolicy, the Service, then the pods
     assert result.status_after is not None
     assert cond(result.status_after, "Created")[:2] == ("True", "PodsCreated")
     assert result.status_after.phase == "Starting"
@@ -85,7 +86,7 @@ def test_new_job_records_identity_before_creating_pods() -> None:
 def test_creation_resumed_after_restart_creates_only_missing_pods() -> None:
     interrupted = plan().status  # status written, operator died before every create
     result = plan(interrupted, [pod(HEAD, "Pending")])
-    assert created_names(result) == [HEAD, W0, W1]  # Service (idempotent) + the two missing workers
+    assert created_names(result) == [POLICY, HEAD, W0, W1]  # policy and Service (idempotent) + the missing workers
     assert final(result).worker_restarts == 0
 
 
@@ -147,7 +148,7 @@ def test_next_attempt_waits_for_old_pods_then_starts_with_new_attempt_number() -
     lingering = plan(retried, [pod(HEAD, "Failed", exit_code=1, deleting=True)])
     assert created_names(lingering) == [] and lingering.status.phase == "Restarting"
     fresh = plan(lingering.status, [])
-    assert created_names(fresh) == [HEAD, HEAD, W0, W1]
+    assert created_names(fresh) == [POLICY, HEAD, HEAD, W0, W1]
     creates = [a for a in fresh.actions if isinstance(a, Create) and a.manifest["kind"] == "Pod"]
     assert all(c.manifest["metadata"]["labels"]["maas.dev/attempt"] == "2" for c in creates)
     running = plan(final(fresh), [pod(HEAD, attempt=2), pod(W0, attempt=2), pod(W1, attempt=2)])
@@ -252,7 +253,7 @@ def test_suspend_and_resume_without_charge() -> None:
     assert cond(suspended.status, "Suspended")[0] == "True"
     resumed = plan(suspended.status, [], spec(suspend=False))
     assert resumed.status.attempt == 2 and resumed.status.charged_failures == 0
-    assert created_names(resumed) == [HEAD, HEAD, W0, W1]
+    assert created_names(resumed) == [POLICY, HEAD, HEAD, W0, W1]
     assert cond(resumed.status, "Suspended")[1] == "Resumed"
 
 

@@ -202,9 +202,35 @@ def head_service(owner: Owner) -> dict[str, Any]:
     }
 
 
+def network_policy(owner: Owner) -> dict[str, Any]:
+    """Ray's ports have no authentication: only the job's own pods may reach them.
+
+    The progress port (read-only, and writes need the job's UID) stays open to the operator
+    and Prometheus, wherever they run; egress (storage, registries) is left alone.
+    """
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(owner, network_policy_name(owner.name), "ray"),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": selector_labels(owner)}}]},
+                {"ports": [{"port": contract.PROGRESS_PORT, "protocol": "TCP"}]},
+            ],
+        },
+    }
+
+
+def network_policy_name(job: str) -> str:
+    return f"{job}-ray"
+
+
 def attempt_children(owner: Owner, spec: TrainingJobSpec, attempt: int, default_image: str) -> list[dict[str, Any]]:
-    """Everything one attempt runs on: the head Service, the head pod, every worker pod."""
+    """Everything one attempt runs on: the NetworkPolicy, the head Service, the head pod, every worker pod."""
     return [
+        network_policy(owner),
         head_service(owner),
         head_pod(owner, spec, attempt, default_image),
         *(worker_pod(owner, spec, attempt, i, default_image) for i in range(spec.workers.replicas)),

@@ -42,6 +42,7 @@ RESOURCE_TYPES: dict[str, ResourceType] = {
     "Deployment": ResourceType("apps/v1", "deployments"),
     "HorizontalPodAutoscaler": ResourceType("autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ResourceType("policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ResourceType("networking.k8s.io/v1", "networkpolicies"),
     "TrainingJob": ResourceType("maas.dev/v1alpha1", "trainingjobs"),
     "ModelService": ResourceType("maas.dev/v1alpha1", "modelservices"),
 }
