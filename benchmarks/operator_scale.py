@@ -41,6 +41,7 @@ from tests.operator.emulator import (  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "operator_scale.json"
 WORKERS = 2
 SERVING_REPLICAS = 2
+TRAININGJOB_CHILDREN = ("pods", "services", "networkpolicies")
 MODELSERVICE_CHILDREN = ("deployments", "services", "poddisruptionbudgets")
 WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE")
 
@@ -192,7 +193,7 @@ async def run(jobs: int, services: int, steady_seconds: float, resync_seconds: f
         "workersPerJob": WORKERS,
         "replicasPerService": SERVING_REPLICAS,
         "resyncSeconds": resync_seconds,
-        "trainingJob": per_kind(operator_requests, created_at, "job-", jobs, ("pods", "services")),
+        "trainingJob": per_kind(operator_requests, created_at, "job-", jobs, TRAININGJOB_CHILDREN),
         "modelService": per_kind(operator_requests, created_at, "svc-", services, MODELSERVICE_CHILDREN),
         "watchRequests": sum("watch=" in url for _, _, url, _ in operator_requests),
         "steadyStateSeconds": steady_seconds,
@@ -230,7 +231,8 @@ def per_kind(
             children_done[owner] = max(children_done.get(owner, 0.0), stamp)
     latencies = [children_done[name] - created_at[name] for name in created_at if name in children_done]
     creates = sum(n for key, n in by_verb.items() if key.startswith("POST") and key.split()[1] in children)
-    child_count = count * ((1 + WORKERS + 1) if prefix == "job-" else len(children))
+    # A TrainingJob's children: head and worker pods, head Service, NetworkPolicy.
+    child_count = count * ((1 + WORKERS + 2) if prefix == "job-" else len(children))
     return {
         "objects": count,
         "requestsPerObjectByVerb": {key: round(n / count, 3) for key, n in sorted(by_verb.items())},
