@@ -319,3 +319,14 @@ async def test_restart_mid_creation_makes_no_duplicates(cluster: Cluster, operat
 
 async def _requested(cluster: Cluster, path: str) -> bool:
     return bool(cluster.requests("POST", path))
+
+
+async def test_turning_autoscaling_on_keeps_the_replica_count(cluster: Cluster, operator: OperatorProcess) -> None:
+    await cluster.create(modelservice(replicas=3))
+    await serving(cluster, V1["sha256"])
+    autoscaling = {"minReplicas": 2, "maxReplicas": 6, "metric": "cpu"}
+    await cluster.patch("ModelService", "digits", {"spec": {"replicas": None, "autoscaling": autoscaling}})
+    await wait_for(lambda: cluster.get("HorizontalPodAutoscaler", "digits"), what="HPA")
+    handovers = [r for r in cluster.requests("PATCH", "/deployments/digits") if "fieldManager" in str(r.url)]
+    assert any(r.data == {"spec": {"replicas": 3}} for r in handovers), "the count is handed over before the apply"
+    assert (await wait_deployment(cluster))["spec"]["replicas"] == 3

@@ -20,7 +20,7 @@ from maas_operator.status.modelservice import (
     Observed,
     plan_modelservice,
 )
-from maas_operator.status.plan import Apply, Create, Delete, Plan
+from maas_operator.status.plan import Apply, Create, Delete, Patch, Plan
 
 OWNER = Owner("ModelService", "digits", "team-a", "uid-ms")
 IMAGE = "registry.example/serve:test"
@@ -381,3 +381,15 @@ def test_a_canary_without_auto_promotion_waits_for_the_spec() -> None:
     waiting = plan(body, started.status, children, now=NOW + datetime.timedelta(days=1))
     assert waiting.status.model == V1 and waiting.status.canary is not None
     assert waiting.status.canary.phase == "Ready" and "spec.model" in waiting.status.canary.message
+
+
+def test_turning_autoscaling_on_hands_the_replica_count_to_the_hpa() -> None:
+    fixed, children = serving(spec(replicas=5))
+    body = spec(autoscaling={"minReplicas": 2, "maxReplicas": 8, "metric": "inflight"})
+    body.pop("replicas")
+    switched = plan(body, fixed.status, children)
+    handover, applied = switched.actions[:2]
+    assert isinstance(handover, Patch) and isinstance(applied, Apply), "the hand-over comes before the apply"
+    assert handover.patch == {"spec": {"replicas": 5}}, "the count stays where it is"
+    assert "replicas" not in created(switched, "Deployment")["spec"]
+    assert created(switched, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 2

@@ -16,7 +16,7 @@ from maas_operator.builders.events import event
 from maas_operator.builders.meta import Owner
 from maas_operator.handlers.runtime import Runtime
 from maas_operator.kube.client import KubeError
-from maas_operator.status.plan import Apply, Create, Delete, DeleteOwner, Plan, rfc3339
+from maas_operator.status.plan import Apply, Create, Delete, DeleteOwner, Patch, Plan, rfc3339
 from maas_operator.status.pods import pod_view
 
 INSTANCE = os.environ.get("HOSTNAME", "maas-operator")
@@ -46,6 +46,10 @@ async def carry_out(plan: Plan[Any], owner: Owner, body: Mapping[str, Any], runt
             elif isinstance(action, Apply):
                 applied = await runtime.kube.apply(action.manifest)
                 runtime.remember_child(owner_key, action.manifest["kind"], applied or action.manifest)
+            elif isinstance(action, Patch):
+                patched = await runtime.kube.patch(action.kind, owner.namespace, action.name, action.patch)
+                if patched:
+                    runtime.remember_child(owner_key, action.kind, patched)
             elif isinstance(action, Delete):
                 await runtime.kube.delete(action.kind, owner.namespace, action.name)
                 if action.kind == "Pod":

@@ -144,8 +144,10 @@ class KubeClient:
         await self._call("PATCH", path, {"status": patch}, "application/merge-patch+json")
 
     async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A merge patch: an update by our field manager, separate from its applies."""
         path = resource_type(kind).path(namespace, name)
-        return await self._call("PATCH", path, patch, "application/merge-patch+json")
+        query = [("fieldManager", FIELD_MANAGER)]
+        return await self._call("PATCH", path, patch, "application/merge-patch+json", query)
 
 
 def _message(error: ApiException) -> str:

@@ -29,7 +29,7 @@ from maas_operator.api.modelservice import (
 from maas_operator.builders import modelservice as build
 from maas_operator.builders.meta import Owner
 from maas_operator.builders.trainingjob import MOUNT_ROOT as TRAINING_MOUNT_ROOT
-from maas_operator.status.plan import Action, Apply, Create, Delete, Event, Plan, parse_time, rfc3339
+from maas_operator.status.plan import Action, Apply, Create, Delete, Event, Patch, Plan, parse_time, rfc3339
 from maas_operator.status.pods import pod_view
 
 READY = "Ready"
@@ -504,7 +504,13 @@ class _Planner:
         stable = build.deployment(
             self.owner, spec, model, "stable", self.default_image, None if autoscaling else spec.fixed_replicas
         )
-        self.sync(self.children.deployment, stable, autoscaling.min_replicas if autoscaling else None)
+        observed = self.children.deployment
+        if autoscaling and observed is not None and self.children.autoscaler is None and "replicas" in observed["spec"]:
+            # Hand the count over to the HPA: without this, the apply below (which leaves
+            # replicas out) would make the API server reset a count only we owned to 1.
+            handover = {"spec": {"replicas": observed["spec"]["replicas"]}}
+            self.actions.append(Patch("apps/v1", "Deployment", observed["metadata"]["name"], handover))
+        self.sync(observed, stable, autoscaling.min_replicas if autoscaling else None)
         self.sync(self.children.service, build.service(self.owner, spec))
         autoscaler = build.horizontal_pod_autoscaler(self.owner, autoscaling) if autoscaling else None
         self.sync_optional(self.children.autoscaler, autoscaler, "autoscaling/v2", "HorizontalPodAutoscaler")

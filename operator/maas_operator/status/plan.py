@@ -28,6 +28,20 @@ class Apply:
 
 
 @dataclass(frozen=True)
+class Patch:
+    """Merge-patch fields of a child as an update (not an apply) of ours.
+
+    Server-side apply removes a field its manager stops applying unless another manager owns
+    it: patching it first hands it to our update manager, which keeps it (see HPA hand-over).
+    """
+
+    api_version: str
+    kind: str
+    name: str
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Delete:
     """Delete a child; a missing one (404) counts as success."""
 
@@ -48,7 +62,7 @@ class Event:
     message: str
 
 
-Action = Create | Apply | Delete | DeleteOwner
+Action = Create | Apply | Patch | Delete | DeleteOwner
 
 
 @dataclass(frozen=True)
