@@ -30,7 +30,12 @@ def example_spec() -> dict[str, Any]:
 
 
 def with_changes(changes: dict[str, Any]) -> dict[str, Any]:
-    spec = copy.deepcopy(example_spec())
+    return changed(example_spec(), changes)
+
+
+def changed(original: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a spec with dotted paths set (None removes the field)."""
+    spec = copy.deepcopy(original)
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         node = spec

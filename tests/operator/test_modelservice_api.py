@@ -3,7 +3,6 @@ builders produce valid, restricted, HPA-friendly objects."""
 
 from __future__ import annotations
 
-import copy
 import os
 import pathlib
 from typing import Any
@@ -19,6 +18,7 @@ from maas_operator.api.resources import MODELSERVICE
 from maas_operator.builders import modelservice as build
 from maas_operator.builders.meta import Owner
 from tests.operator.cel import violations
+from tests.operator.test_api import changed
 from tests.operator.validation import assert_valid_objects
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -36,17 +36,7 @@ def example_spec() -> dict[str, Any]:
 
 
 def with_changes(changes: dict[str, Any]) -> dict[str, Any]:
-    spec = copy.deepcopy(example_spec())
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = spec
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is None:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return spec
+    return changed(example_spec(), changes)
 
 
 def test_example_is_valid_everywhere() -> None:

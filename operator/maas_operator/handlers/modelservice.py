@@ -9,10 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from maas_operator import metrics
-from maas_operator.api.common import describe_validation_error
 from maas_operator.api.modelservice import KIND, MAX_NAME_LENGTH, PLURAL, ModelServiceSpec, ModelServiceStatus
 from maas_operator.api.trainingjob import KIND as TRAININGJOB
 from maas_operator.api.trainingjob import PLURAL as TRAININGJOBS
@@ -21,6 +19,7 @@ from maas_operator.builders.modelservice import deployment_name
 from maas_operator.handlers.execute import carry_out
 from maas_operator.handlers.runtime import ObjectKey, Runtime
 from maas_operator.status.modelservice import Children, ModelServiceView, Observed, plan_modelservice
+from maas_operator.status.view import object_view
 from maas_workloads import contract
 
 CHILD_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODELSERVICE: kopf.PRESENT}
@@ -72,23 +71,7 @@ def trainingjob_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: 
 
 
 def modelservice_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> ModelServiceView:
-    metadata = body["metadata"]
-    owner = Owner(KIND, metadata["name"], metadata["namespace"], metadata["uid"])
-    spec: ModelServiceSpec | None = None
-    error: str | None = None
-    if len(owner.name) > MAX_NAME_LENGTH:
-        error = f"metadata.name: at most {MAX_NAME_LENGTH} characters, so that child names fit in 63"
-    else:
-        try:
-            spec = ModelServiceSpec.model_validate(body.get("spec") or {})
-        except ValidationError as invalid:
-            error = describe_validation_error(invalid)
-    raw_status = cached_status if cached_status is not None else dict(body.get("status") or {})
-    try:
-        status = ModelServiceStatus.model_validate(raw_status)
-    except ValidationError:
-        status = ModelServiceStatus()  # a status edited by hand: rebuild it from observation
-    return ModelServiceView(owner, metadata.get("generation"), spec, error, status)
+    return object_view(body, cached_status, KIND, MAX_NAME_LENGTH, ModelServiceSpec, ModelServiceStatus)
 
 
 def observe(runtime: Runtime, key: ObjectKey, owner: Owner, spec: Mapping[str, Any]) -> Observed:

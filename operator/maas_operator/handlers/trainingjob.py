@@ -10,10 +10,8 @@ from typing import Any
 
 import aiohttp
 import kopf
-from pydantic import ValidationError
 
 from maas_operator import metrics
-from maas_operator.api.common import describe_validation_error
 from maas_operator.api.trainingjob import KIND, MAX_NAME_LENGTH, PLURAL, TrainingJobSpec, TrainingJobStatus
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_TRAININGJOB, MANAGED_BY, Owner
 from maas_operator.builders.trainingjob import head_service_name
@@ -22,6 +20,7 @@ from maas_operator.handlers.runtime import ObjectKey, Runtime
 from maas_operator.status.plan import parse_time
 from maas_operator.status.pods import pod_view
 from maas_operator.status.trainingjob import Observed, TrainingJobView, plan_trainingjob
+from maas_operator.status.view import object_view
 from maas_workloads import contract
 
 RESOURCE = (contract.API_GROUP, contract.API_VERSION, PLURAL)
@@ -44,23 +43,7 @@ def trainingjob_pod_event(
 
 
 def trainingjob_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> TrainingJobView:
-    metadata = body["metadata"]
-    owner = Owner(KIND, metadata["name"], metadata["namespace"], metadata["uid"])
-    spec: TrainingJobSpec | None = None
-    error: str | None = None
-    if len(owner.name) > MAX_NAME_LENGTH:
-        error = f"metadata.name: at most {MAX_NAME_LENGTH} characters, so that pod names fit in 63"
-    else:
-        try:
-            spec = TrainingJobSpec.model_validate(body.get("spec") or {})
-        except ValidationError as invalid:
-            error = describe_validation_error(invalid)
-    raw_status = cached_status if cached_status is not None else dict(body.get("status") or {})
-    try:
-        status = TrainingJobStatus.model_validate(raw_status)
-    except ValidationError:
-        status = TrainingJobStatus()  # a status edited by hand: rebuild it from observation
-    return TrainingJobView(owner, metadata.get("generation"), spec, error, status)
+    return object_view(body, cached_status, KIND, MAX_NAME_LENGTH, TrainingJobSpec, TrainingJobStatus)
 
 
 async def fetch_progress(runtime: Runtime, owner: Owner) -> contract.ProgressReport | None:

@@ -29,8 +29,9 @@ from maas_operator.api.modelservice import (
 from maas_operator.builders import modelservice as build
 from maas_operator.builders.meta import Owner
 from maas_operator.builders.trainingjob import MOUNT_ROOT as TRAINING_MOUNT_ROOT
-from maas_operator.status.plan import Action, Apply, Create, Delete, Event, Patch, Plan, parse_time, rfc3339
+from maas_operator.status.plan import Action, Apply, Create, Delete, Patch, Plan, parse_time
 from maas_operator.status.pods import pod_view
+from maas_operator.status.view import ObjectView, StatusPlanner
 
 READY = "Ready"
 PROGRESSING = "Progressing"
@@ -40,14 +41,7 @@ ROLLED_BACK = "RolledBack"
 CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, MODEL_RESOLVED, ROLLED_BACK)
 
 
-@dataclass(frozen=True)
-class ModelServiceView:
-    owner: Owner
-    generation: int | None
-    spec: ModelServiceSpec | None
-    """None when the spec failed validation; spec_error says why."""
-    spec_error: str | None
-    status: ModelServiceStatus
+ModelServiceView = ObjectView[ModelServiceSpec, ModelServiceStatus]
 
 
 @dataclass(frozen=True)
@@ -291,19 +285,16 @@ def plan_modelservice(
     return _Planner(service, observed, now, default_image).plan()
 
 
-class _Planner:
+class _Planner(StatusPlanner[ModelServiceStatus]):
     def __init__(
         self, service: ModelServiceView, observed: Observed, now: datetime.datetime, default_image: str
     ) -> None:
+        super().__init__(service.status, service.generation, now)
         self.service = service
         self.children = observed.children
         self.training_jobs = observed.training_jobs
-        self.now = now
-        self.stamp = rfc3339(now)
         self.default_image = default_image
-        self.status = service.status.model_copy(update={"observed_generation": service.generation})
         self.actions: list[Action] = []
-        self.events: list[Event] = []
         self.requeue_after: float | None = None
         self.pods = [serving_pod(pod) for pod in observed.children.pods]
         stable = observed.children.deployment
@@ -322,22 +313,6 @@ class _Planner:
     @property
     def owner(self) -> Owner:
         return self.service.owner
-
-    def update(self, **changes: Any) -> None:
-        self.status = self.status.model_copy(update=changes)
-
-    def condition(self, condition_type: str, status: ConditionStatus, reason: str, message: str) -> bool:
-        """Set a condition; True when its status or reason changed (worth an Event)."""
-        before = conditions.find(self.status.conditions, condition_type)
-        self.update(
-            conditions=conditions.set_condition(
-                self.status.conditions, condition_type, status, reason, message, self.stamp, self.service.generation
-            )
-        )
-        return before is None or before.status != status or before.reason != reason
-
-    def event(self, reason: str, message: str, warning: bool = False) -> None:
-        self.events.append(Event("Warning" if warning else "Normal", reason, message))
 
     def track_pods(self, track: build.Track) -> list[ServingPod]:
         return [pod for pod in self.pods if pod.track == track]

@@ -10,10 +10,8 @@ from __future__ import annotations
 import datetime
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from maas_operator.api import conditions
-from maas_operator.api.common import ConditionStatus
 from maas_operator.api.trainingjob import (
     MAX_FAILURES_KEPT,
     Failure,
@@ -25,9 +23,9 @@ from maas_operator.api.trainingjob import (
     WorkersStatus,
 )
 from maas_operator.builders import trainingjob as build
-from maas_operator.builders.meta import Owner
-from maas_operator.status.plan import Create, Delete, DeleteOwner, Event, Plan, parse_time, rfc3339
+from maas_operator.status.plan import Create, Delete, DeleteOwner, Plan, parse_time
 from maas_operator.status.pods import PLATFORM_POD_REASONS, PodView
+from maas_operator.status.view import ObjectView, StatusPlanner
 from maas_workloads.contract import ExitCode, ProgressReport, TerminationMessage
 
 CREATED = "Created"
@@ -42,14 +40,7 @@ TERMINAL_PHASES: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
 REMOVE_ALL_PODS_REASONS = frozenset({"DeadlineExceeded", "StartupDeadlineExceeded", "InvalidSpec"})
 
 
-@dataclass(frozen=True)
-class TrainingJobView:
-    owner: Owner
-    generation: int | None
-    spec: TrainingJobSpec | None
-    """None when the spec failed validation; spec_error says why."""
-    spec_error: str | None
-    status: TrainingJobStatus
+TrainingJobView = ObjectView[TrainingJobSpec, TrainingJobStatus]
 
 
 @dataclass(frozen=True)
@@ -113,36 +104,17 @@ def plan_trainingjob(
     return _Planner(job, observed, now, default_image).plan()
 
 
-class _Planner:
+class _Planner(StatusPlanner[TrainingJobStatus]):
     def __init__(self, job: TrainingJobView, observed: Observed, now: datetime.datetime, default_image: str) -> None:
+        super().__init__(job.status, job.generation, now)
         self.job = job
         self.pods = observed.pods
         self.progress = observed.progress
-        self.now = now
-        self.stamp = rfc3339(now)
         self.default_image = default_image
-        self.status = job.status.model_copy(update={"observed_generation": job.generation})
         self.actions: list[Create | Delete | DeleteOwner] = []
-        self.events: list[Event] = []
         self.status_after: TrainingJobStatus | None = None
 
     # --- small helpers ------------------------------------------------------------------
-    def update(self, **changes: Any) -> None:
-        self.status = self.status.model_copy(update=changes)
-
-    def condition(self, condition_type: str, status: ConditionStatus, reason: str, message: str) -> bool:
-        """Set a condition; True when it changed status or reason (worth an Event)."""
-        before = conditions.find(self.status.conditions, condition_type)
-        self.update(
-            conditions=conditions.set_condition(
-                self.status.conditions, condition_type, status, reason, message, self.stamp, self.job.generation
-            )
-        )
-        return before is None or before.status != status or before.reason != reason
-
-    def event(self, reason: str, message: str, warning: bool = False) -> None:
-        self.events.append(Event("Warning" if warning else "Normal", reason, message))
-
     def delete_pods(self, pods: list[PodView]) -> None:
         self.actions.extend(Delete("v1", "Pod", pod.name) for pod in pods if not pod.deleting)
 
