@@ -110,7 +110,7 @@ def build_artifacts(root: pathlib.Path) -> dict[str, pathlib.Path]:
     import torch
     from safetensors.torch import save_file
 
-    from maas_workloads.artifact import Manifest, TensorSpec, describe_files, write_manifest
+    from maas_workloads.artifact import TensorManifest, TensorSpec, describe_files, write_manifest
 
     torch.manual_seed(0)
 
@@ -127,7 +127,7 @@ def build_artifacts(root: pathlib.Path) -> dict[str, pathlib.Path]:
         directory.mkdir()
         torch.jit.script(module).save(str(directory / "model.pt"))
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, directory / "model.safetensors")
-        manifest = Manifest(
+        manifest = TensorManifest(
             format="torchscript",
             modelFile="model.pt",
             weightsFile="model.safetensors",

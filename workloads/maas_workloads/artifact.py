@@ -3,6 +3,15 @@
 The trainer writes artifacts, the inference server reads them; both go through this module.
 The manifest lists the sha256 of every file, so a reader can refuse a tampered or partial
 artifact, and the manifest's own sha256 is what the operator pins (`status.model.sha256`).
+
+Three formats, told apart by the manifest's `format`:
+- tensor models (`torchscript`, `torch.export`, `onnx`): one model file, named input and
+  output tensors (`TensorManifest`), served over the Open Inference Protocol;
+- causal language models (`hf-causal-lm`): a Hugging Face model directory — `config.json`,
+  `*.safetensors`, tokenizer files with a chat template, `generation_config.json`
+  (`CausalLMManifest`), served over the OpenAI API;
+- LoRA adapters (`peft-lora`): PEFT's `adapter_config.json` + `adapter_model.safetensors`,
+  naming the base model they apply to by URI and manifest sha256 (`AdapterManifest`).
 """
 
 from __future__ import annotations
@@ -10,14 +19,20 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from maas_workloads.contract import MANIFEST_FILE
 
 FORMAT_VERSION = 1
 Datatype = Literal["FP32", "FP16", "BF16", "FP64", "INT64", "INT32", "INT16", "INT8", "UINT8", "BOOL", "BYTES"]
+TensorFormat = Literal["torchscript", "torch.export", "onnx"]
+CAUSAL_LM_FORMAT = "hf-causal-lm"
+LORA_ADAPTER_FORMAT = "peft-lora"
+CAUSAL_LM_REQUIRED_FILES = ("config.json", "generation_config.json", "tokenizer_config.json")
+"""Files every causal-LM artifact has, besides at least one `*.safetensors` and a tokenizer."""
+ADAPTER_REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _CHUNK = 1 << 20
 
 
@@ -49,25 +64,100 @@ class Source(_Model):
     attempt: int | None = None
 
 
-class Manifest(_Model):
+class _ManifestBase(_Model):
     format_version: int = Field(default=FORMAT_VERSION, alias="formatVersion")
-    format: Literal["torchscript", "torch.export", "onnx"]
+    files: dict[str, FileEntry]
+    """Every file of the artifact but the manifest, by path relative to the directory."""
+    source: Source = Field(default_factory=Source)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    framework_versions: dict[str, str] = Field(default_factory=dict, alias="frameworkVersions")
+    created_at: str | None = Field(default=None, alias="createdAt")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode()
+
+    def check_files(self) -> None:
+        """Raise ArtifactError when a file the format needs is not among `files`."""
+
+
+class TensorManifest(_ManifestBase):
+    """A tensor model: one program file with named inputs and outputs (OIP v2)."""
+
+    format: TensorFormat
     model_file: str = Field(alias="modelFile")
     """The file the server loads, relative to the artifact directory."""
     weights_file: str | None = Field(default=None, alias="weightsFile")
     """The same weights in safetensors, for tools that want them without the program."""
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    files: dict[str, FileEntry]
-    source: Source = Field(default_factory=Source)
-    metrics: dict[str, float] = Field(default_factory=dict)
-    framework_versions: dict[str, str] = Field(default_factory=dict, alias="frameworkVersions")
-    created_at: str | None = Field(default=None, alias="createdAt")
     labels: list[str] | None = None
     """Class names, index-aligned with the output's last dimension, when known."""
 
-    def to_json(self) -> bytes:
-        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2).encode()
+    def check_files(self) -> None:
+        if self.model_file not in self.files:
+            raise ArtifactError(f"model file {self.model_file!r} is not among the artifact's files")
+
+
+class CausalLMManifest(_ManifestBase):
+    """A Hugging Face causal language model directory, loadable by transformers and vLLM."""
+
+    format: Literal["hf-causal-lm"]
+    architecture: str
+    """`model_type` of config.json, e.g. llama, qwen2, mistral."""
+    context_length: int = Field(alias="contextLength", gt=0)
+    """Most tokens (prompt + output) one sequence may hold (config's max_position_embeddings)."""
+    parameters: int | None = Field(default=None, ge=0)
+    """Number of parameters, for humans and capacity planning."""
+    dtype: str | None = None
+    """The weights' dtype on disk, e.g. float32, bfloat16."""
+
+    def check_files(self) -> None:
+        _require(self.files, CAUSAL_LM_REQUIRED_FILES, "a causal-LM artifact")
+        if not any(name.endswith(".safetensors") for name in self.files):
+            raise ArtifactError("a causal-LM artifact needs its weights as *.safetensors")
+        if not any(name in self.files for name in ("tokenizer.json", "tokenizer.model")):
+            raise ArtifactError("a causal-LM artifact needs tokenizer.json or tokenizer.model")
+
+
+class BaseModelReference(_Model):
+    uri: str
+    """Where the base causal-LM artifact is (s3://, file://, pvc://, https://)."""
+    sha256: str
+    """The sha256 of the base artifact's manifest.json: the adapter applies to exactly that model."""
+
+
+class AdapterManifest(_ManifestBase):
+    """A PEFT LoRA adapter, applied on top of the base causal LM it names."""
+
+    format: Literal["peft-lora"]
+    base_model: BaseModelReference = Field(alias="baseModel")
+    rank: int = Field(gt=0)
+    alpha: float
+    target_modules: list[str] = Field(alias="targetModules")
+    context_length: int = Field(alias="contextLength", gt=0)
+
+    def check_files(self) -> None:
+        _require(self.files, ADAPTER_REQUIRED_FILES, "a LoRA adapter artifact")
+
+
+def _require(files: dict[str, FileEntry], required: tuple[str, ...], what: str) -> None:
+    missing = [name for name in required if name not in files]
+    if missing:
+        raise ArtifactError(f"{what} needs {', '.join(missing)}, which the manifest does not list")
+
+
+ArtifactManifest = TensorManifest | CausalLMManifest | AdapterManifest
+_MANIFEST_ADAPTER: TypeAdapter[ArtifactManifest] = TypeAdapter(
+    Annotated[ArtifactManifest, Field(discriminator="format")]
+)
+
+
+def parse_manifest(data: bytes | str) -> ArtifactManifest:
+    """The manifest of any format; raises ArtifactError (naming the problem) when invalid."""
+    try:
+        return _MANIFEST_ADAPTER.validate_json(data)
+    except ValueError as error:
+        raise ArtifactError(f"not a valid manifest: {error}") from error
 
 
 def sha256_file(path: pathlib.Path) -> str:
@@ -92,10 +182,9 @@ def describe_files(directory: pathlib.Path) -> dict[str, FileEntry]:
     return entries
 
 
-def write_manifest(directory: pathlib.Path, manifest: Manifest) -> str:
+def write_manifest(directory: pathlib.Path, manifest: ArtifactManifest) -> str:
     """Write manifest.json atomically, last; returns its sha256 (what the operator pins)."""
-    if manifest.model_file not in manifest.files:
-        raise ArtifactError(f"model file {manifest.model_file!r} is not among the artifact's files")
+    manifest.check_files()
     data = manifest.to_json()
     temporary = directory / f".{MANIFEST_FILE}.tmp"
     with temporary.open("wb") as handle:
@@ -106,7 +195,7 @@ def write_manifest(directory: pathlib.Path, manifest: Manifest) -> str:
     return sha256_bytes(data)
 
 
-def load_manifest(directory: pathlib.Path, expected_sha256: str | None = None) -> tuple[Manifest, str]:
+def load_manifest(directory: pathlib.Path, expected_sha256: str | None = None) -> tuple[ArtifactManifest, str]:
     """Read and parse manifest.json, checking its own sha256 when a pin is given."""
     path = directory / MANIFEST_FILE
     if not path.is_file():
@@ -119,15 +208,16 @@ def load_manifest(directory: pathlib.Path, expected_sha256: str | None = None) -
             "the artifact was replaced or the pin is stale"
         )
     try:
-        manifest = Manifest.model_validate_json(data)
-    except ValueError as error:
-        raise ArtifactError(f"{path} is not a valid manifest: {error}") from error
+        manifest = parse_manifest(data)
+    except ArtifactError as error:
+        raise ArtifactError(f"{path}: {error}") from error
     return manifest, digest
 
 
-def verify(directory: pathlib.Path, expected_sha256: str | None = None) -> Manifest:
+def verify(directory: pathlib.Path, expected_sha256: str | None = None) -> ArtifactManifest:
     """The manifest, after checking every listed file's size and sha256; raises ArtifactError."""
     manifest, _ = load_manifest(directory, expected_sha256)
+    manifest.check_files()
     for relative, entry in manifest.files.items():
         path = directory / relative
         if not path.is_file():

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
-from maas_workloads.artifact import Manifest, TensorSpec, describe_files, write_manifest
+from maas_workloads.artifact import TensorManifest, TensorSpec, describe_files, write_manifest
 
 
 class DigitsMLP(torch.nn.Module):
@@ -74,7 +74,7 @@ def publish(
     save_file(
         {name: tensor.contiguous() for name, tensor in module.state_dict().items()}, directory / "model.safetensors"
     )
-    manifest = Manifest(
+    manifest = TensorManifest(
         format="torchscript",
         modelFile="model.pt",
         weightsFile="model.safetensors",

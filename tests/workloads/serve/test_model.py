@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from maas_workloads.artifact import ArtifactError, Manifest, TensorSpec, describe_files, load_manifest, write_manifest
+from maas_workloads.artifact import (
+    ArtifactError,
+    TensorManifest,
+    TensorSpec,
+    describe_files,
+    load_manifest,
+    write_manifest,
+)
 from maas_workloads.serve.model import load, select_device
 
 
@@ -17,7 +24,7 @@ def _rewrite_manifest(directory: pathlib.Path, **changes: object) -> str:
     manifest, _ = load_manifest(directory)
     data = manifest.model_dump(by_alias=True)
     data.update(changes)
-    updated = Manifest.model_validate(data)
+    updated = TensorManifest.model_validate(data)
     return write_manifest(directory, updated.model_copy(update={"files": describe_files(directory)}))
 
 

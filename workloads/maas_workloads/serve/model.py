@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maas_workloads.artifact import ArtifactError, Manifest, TensorSpec, load_manifest, verify
+from maas_workloads.artifact import ArtifactError, TensorManifest, TensorSpec, load_manifest, verify
 from maas_workloads.serve import datatypes
 from maas_workloads.serve.oip import Tensor
 
@@ -37,7 +37,7 @@ def select_device(requested: str) -> torch.device:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    manifest: Manifest
+    manifest: TensorManifest
     manifest_sha256: str
     module: Any
     device: torch.device
@@ -94,6 +94,8 @@ def load(directory: pathlib.Path, *, expected_sha256: str | None, device: str) -
     """Verify every file against the manifest, load the model and run one warm-up batch."""
     started = time.perf_counter()
     manifest = verify(directory, expected_sha256)
+    if not isinstance(manifest, TensorManifest):
+        raise ArtifactError(f"a {manifest.format} artifact is not a tensor model: the OIP server cannot serve it")
     _, manifest_sha256 = load_manifest(directory)
     target = select_device(device)
     path = directory / manifest.model_file
@@ -108,7 +110,7 @@ def load(directory: pathlib.Path, *, expected_sha256: str | None, device: str) -
     return dataclasses.replace(model, load_seconds=seconds)
 
 
-def _load_module(manifest: Manifest, path: pathlib.Path, device: torch.device) -> Any:
+def _load_module(manifest: TensorManifest, path: pathlib.Path, device: torch.device) -> Any:
     if manifest.format == "torchscript":
         module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
         module.eval()

@@ -16,7 +16,7 @@ from typing import Final
 from urllib.parse import unquote, urlparse
 
 from maas_workloads import storage
-from maas_workloads.artifact import ArtifactError, Manifest
+from maas_workloads.artifact import ArtifactError, parse_manifest
 from maas_workloads.contract import MANIFEST_FILE, PVC_MOUNT_ROOT
 
 SCHEMES: Final = ("file", "pvc", "s3", "http", "https")
@@ -86,9 +86,9 @@ def _fetch(
     try:
         manifest_bytes = read(MANIFEST_FILE)
         try:
-            manifest = Manifest.model_validate_json(manifest_bytes)
-        except ValueError as error:
-            raise ArtifactError(f"{uri}/{MANIFEST_FILE} is not a valid manifest: {error}") from error
+            manifest = parse_manifest(manifest_bytes)
+        except ArtifactError as error:
+            raise ArtifactError(f"{uri}/{MANIFEST_FILE}: {error}") from error
         for relative in manifest.files:
             download(relative, _inside(destination, relative))
     except storage.ObjectNotFoundError as error:

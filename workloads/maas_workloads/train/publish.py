@@ -62,7 +62,7 @@ def export(
     labels: list[str] | None = None,
     input_name: str = "input",
     output_name: str = "output",
-) -> tuple[artifact.Manifest, str]:
+) -> tuple[artifact.TensorManifest, str]:
     """Write model.pt (TorchScript), model.safetensors and manifest.json (last); returns it and its sha256."""
     module = unwrap(model).to("cpu").eval()
     example = example_input.detach().to("cpu")
@@ -79,7 +79,7 @@ def export(
     save_file(weights, str(directory / WEIGHTS_FILE))
     if labels is not None and (output.dim() < 2 or len(labels) != output.shape[-1]):
         raise ValueError(f"{len(labels)} labels do not match the model's output shape {tuple(output.shape)}")
-    manifest = artifact.Manifest(
+    manifest = artifact.TensorManifest(
         format="torchscript",
         model_file=MODEL_FILE,
         weights_file=WEIGHTS_FILE,
@@ -125,14 +125,12 @@ def publish(directory: pathlib.Path, output_uri: str) -> None:
     parent.publish_directory(directory, name, contract.MANIFEST_FILE)
 
 
-def read_published(output_uri: str) -> tuple[artifact.Manifest, str]:
+def read_published(output_uri: str) -> tuple[artifact.ArtifactManifest, str]:
     """The published manifest and its sha256, read back from the output location."""
     parent, name = split_output_uri(output_uri)
     data = parent.read_bytes(f"{name}/{contract.MANIFEST_FILE}")
     try:
-        manifest = artifact.Manifest.model_validate_json(data)
-    except ValueError as error:
-        raise artifact.ArtifactError(
-            f"{output_uri}/{contract.MANIFEST_FILE} is not a valid manifest: {error}"
-        ) from error
+        manifest = artifact.parse_manifest(data)
+    except artifact.ArtifactError as error:
+        raise artifact.ArtifactError(f"{output_uri}/{contract.MANIFEST_FILE}: {error}") from error
     return manifest, artifact.sha256_bytes(data)
