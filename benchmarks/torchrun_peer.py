@@ -41,7 +41,7 @@ def main() -> None:
         hyperparameters=Hyperparameters(epochs=epochs, batch_size=batch_size),
     )
     hp = spec.hyperparameters
-    train, _ = datasets.load(spec.dataset).split(hp.validation_split, hp.seed)
+    train, _ = datasets.load(spec.dataset).split(spec.validation_split, hp.seed)
     torch.manual_seed(hp.seed)
     model = nn.parallel.DistributedDataParallel(
         models.build(spec.model, spec.model_options, train.features, train.num_classes)

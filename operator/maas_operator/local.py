@@ -30,6 +30,7 @@ from maas_operator.api.modelservice import ModelServiceSpec, ModelServiceStatus
 from maas_operator.api.trainingjob import TrainingJobSpec
 from maas_operator.builders.meta import Owner
 from maas_operator.builders.trainingjob import attempt_children
+from maas_operator.local_progress import ProgressDisplay
 from maas_operator.status.modelservice import ModelServiceView, Observed, plan_modelservice
 from maas_operator.status.plan import Create
 from maas_workloads import contract
@@ -174,6 +175,7 @@ def train(kubelet: LocalKubelet, document: Mapping[str, Any], image: str) -> dic
                 contract.ENV_PROGRESS_PORT: str(progress_port),
                 contract.ENV_TERMINATION_LOG: str(kubelet.workdir / f"{name}.termination-log"),
                 contract.ENV_RAY_START_ARGS: _ray_start_args(head),
+                contract.ENV_PVC_MOUNT_ROOT: str(kubelet.volumes),
                 "HOME": str(kubelet.workdir),
                 "RAY_USAGE_STATS_ENABLED": "0",
             }
@@ -181,17 +183,14 @@ def train(kubelet: LocalKubelet, document: Mapping[str, Any], image: str) -> dic
         processes[name] = kubelet.start(name, container, env)
     head_name = pods[0]["metadata"]["name"]
     head = processes[head_name]
-    last = ""
+    display = ProgressDisplay(kubelet.out)
     while head.poll() is None:
         time.sleep(POLL_SECONDS)
         try:
-            report = _get_json(f"http://127.0.0.1:{progress_port}{contract.PROGRESS_PATH}")
+            display.update(_get_json(f"http://127.0.0.1:{progress_port}{contract.PROGRESS_PATH}"))
         except (OSError, ValueError):
             continue
-        line = _progress_line(report)
-        if line != last:
-            kubelet.say(line)
-            last = line
+    display.finish()
     for name, process in processes.items():
         if name != head_name:
             kubelet.stop(process)
@@ -207,14 +206,6 @@ def train(kubelet: LocalKubelet, document: Mapping[str, Any], image: str) -> dic
         "spec": spec.to_wire(),
         "status": {"phase": "Succeeded", "model": model},
     }
-
-
-def _progress_line(report: Mapping[str, Any]) -> str:
-    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted((report.get("metrics") or {}).items()))
-    return (
-        f"progress: attempt {report.get('attempt')}, epoch {report.get('epoch')}, "
-        f"step {report.get('step')}/{report.get('totalSteps')} {metrics}"
-    )
 
 
 def _ray_start_args(head: bool) -> str:

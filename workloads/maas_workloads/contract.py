@@ -67,6 +67,14 @@ ENV_TERMINATION_LOG: Final = "MAAS_TERMINATION_LOG"
 TERMINATION_MESSAGE_MAX_BYTES: Final = 4096
 
 
+class ArtifactReport(TypedDict):
+    """One published artifact directory."""
+
+    uri: str
+    sha256: str
+    """sha256 of the artifact's manifest.json, which itself lists every file's sha256."""
+
+
 class ModelReport(TypedDict, total=False):
     """The published artifact, as the head reports it and `status.model` shows it."""
 
@@ -74,6 +82,9 @@ class ModelReport(TypedDict, total=False):
     sha256: str
     """sha256 of the artifact's manifest.json, which itself lists every file's sha256."""
     metrics: dict[str, float]
+    adapter: ArtifactReport
+    """A LoRA fine-tune that also published its merged model (at `uri`, the one served): the
+    adapter alone, at `<uri>/adapter`."""
 
 
 class TerminationMessage(TypedDict, total=False):
@@ -148,6 +159,8 @@ ENV_THREADS: Final = "OMP_NUM_THREADS"
 MODEL_CACHE_MOUNT: Final = "/var/cache/maas/models"
 PVC_MOUNT_ROOT: Final = "/mnt/maas"
 """`pvc://<claim>/<path>` is read from `<PVC_MOUNT_ROOT>/<claim>/<path>`: mount the claim there."""
+ENV_PVC_MOUNT_ROOT: Final = "MAAS_PVC_MOUNT_ROOT"
+"""Overrides PVC_MOUNT_ROOT for training pods outside Kubernetes (`maas run`, tests)."""
 
 DEFAULT_MAX_BATCH_SIZE: Final = 32
 DEFAULT_MAX_DELAY_MS: Final = 2.0

@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Any
 
 from maas_workloads import artifact, contract, storage
-from maas_workloads.train.config import WORKER_RESOURCE, JobContext
+from maas_workloads.train.config import DATA_RESOURCE, DATA_TASKS_PER_WORKER, WORKER_RESOURCE, JobContext
 from maas_workloads.train.errors import ApplicationError, ConfigurationError, InfrastructureError, LaunchError
 
 log = logging.getLogger("maas_workloads.launch")
@@ -209,10 +209,11 @@ def run_user_command(context: JobContext, address: str) -> None:
 
 def published_model(context: JobContext) -> contract.ModelReport:
     """The artifact this job published, read back from the output location."""
-    from maas_workloads.train.publish import read_published
+    from maas_workloads.train.publish import published_adapter, read_published
 
     try:
         manifest, digest = read_published(context.output_uri)
+        adapter = published_adapter(context.output_uri)
     except storage.ObjectNotFoundError as error:
         raise ApplicationError(
             f"the driver finished without publishing a model to {context.output_uri} "
@@ -227,7 +228,10 @@ def published_model(context: JobContext) -> contract.ModelReport:
             f"the model at {context.output_uri} was published by another job ({manifest.source.uid}), not this one: "
             "the driver did not call maas_workloads.save_model"
         )
-    return {"uri": context.output_uri, "sha256": digest, "metrics": manifest.metrics}
+    report: contract.ModelReport = {"uri": context.output_uri, "sha256": digest, "metrics": manifest.metrics}
+    if adapter is not None:
+        report["adapter"] = adapter
+    return report
 
 
 def run_head(context: JobContext) -> int:
@@ -304,7 +308,7 @@ def run_worker(context: JobContext) -> int:
         f"--address={context.head_address}",
         f"--num-cpus={context.cpus_per_worker}",
         f"--num-gpus={context.gpus_per_worker}",
-        f"--resources={json.dumps({WORKER_RESOURCE: 1})}",
+        f"--resources={json.dumps({WORKER_RESOURCE: 1, DATA_RESOURCE: DATA_TASKS_PER_WORKER})}",
         *_ray_start_args(),
     ]
     try:

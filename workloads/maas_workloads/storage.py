@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from maas_workloads import contract
+
 _STAGING_PREFIX = ".staging-"
 _RETIRED_PREFIX = ".retired-"
 _TEMPORARY_FILE = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
@@ -67,6 +69,10 @@ class Location(ABC):
     @abstractmethod
     def read_bytes(self, key: str) -> bytes:
         """The object's content; raises ObjectNotFoundError."""
+
+    @abstractmethod
+    def read_prefix(self, key: str, size: int) -> bytes:
+        """At most the first `size` bytes of the object (to sample a large file); raises ObjectNotFoundError."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -137,6 +143,15 @@ class LocalLocation(Location):
     def read_bytes(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
+            raise ObjectNotFoundError(f"{self._path(key)} does not exist") from error
+        except OSError as error:
+            raise StorageUnavailableError(f"cannot read {self._path(key)}: {error}") from error
+
+    def read_prefix(self, key: str, size: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as handle:
+                return handle.read(size)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as error:
             raise ObjectNotFoundError(f"{self._path(key)} does not exist") from error
         except OSError as error:
@@ -315,6 +330,12 @@ class S3Location(Location):
         data: bytes = response["Body"].read()
         return data
 
+    def read_prefix(self, key: str, size: int) -> bytes:
+        full = self._key(key)
+        response = self._call(f"read s3://{self.bucket}/{full}", "get_object", Key=full, Range=f"bytes=0-{size - 1}")
+        data: bytes = response["Body"].read()
+        return data
+
     def write_bytes(self, key: str, data: bytes) -> None:
         full = self._key(key)
         self._call(f"write s3://{self.bucket}/{full}", "put_object", Key=full, Body=data)
@@ -398,8 +419,14 @@ def _s3_client() -> Any:
     return boto3.session.Session().client("s3", config=config)
 
 
+def pvc_mount_root() -> pathlib.Path:
+    """Where the pod mounts the claims named by `pvc://` URIs (contract.PVC_MOUNT_ROOT unless overridden)."""
+    return pathlib.Path(os.environ.get(contract.ENV_PVC_MOUNT_ROOT) or contract.PVC_MOUNT_ROOT)
+
+
 def open_location(uri: str) -> Location:
-    """The location for a `file://` URI, a plain absolute path, or an `s3://bucket/prefix` URI."""
+    """The location for a `file://` URI, a plain absolute path, an `s3://bucket/prefix` URI, or a
+    `pvc://<claim>/<path>` URI (the claim mounted under pvc_mount_root())."""
     if not uri:
         raise StorageConfigError("empty storage URI; use file:///path or s3://bucket/prefix")
     parsed = urlparse(uri)
@@ -409,6 +436,10 @@ def open_location(uri: str) -> Location:
         if parsed.netloc not in ("", "localhost"):
             raise StorageConfigError(f"{uri}: file:// URIs take no host; write file:///absolute/path")
         return LocalLocation(pathlib.Path(unquote(parsed.path)))
+    if parsed.scheme == "pvc":
+        if not parsed.netloc:
+            raise StorageConfigError(f"{uri}: name the claim: pvc://<claim>/<path>")
+        return LocalLocation(pvc_mount_root() / parsed.netloc / unquote(parsed.path).lstrip("/"))
     if parsed.scheme == "" and uri.startswith("/"):
         return LocalLocation(pathlib.Path(uri))
     raise StorageConfigError(f"{uri}: unsupported storage URI; use file:///absolute/path or s3://bucket/prefix")

@@ -22,6 +22,7 @@ KIND = "TrainingJob"
 PLURAL = "trainingjobs"
 MAX_NAME_LENGTH = 45
 """Leaves room for `-worker-NNNN` and the Ray head Service inside the 63-character DNS label."""
+QLORA_NEEDS_GPU = "qlora needs GPU workers (workers.resources.gpu): bitsandbytes quantizes to 4 bits on CUDA only"
 
 
 class WorkerSpec(PodOptions):
@@ -105,6 +106,13 @@ class TrainingJobSpec(ApiModel):
                     "args need a command",
                     fieldPath=".args",
                 ),
+                cel(
+                    "!has(self.trainer) || !has(self.trainer.causalLM) || !has(self.trainer.causalLM.method) || "
+                    "self.trainer.causalLM.method != 'qlora' || (has(self.workers) && has(self.workers.resources) "
+                    "&& has(self.workers.resources.gpu) && self.workers.resources.gpu > 0)",
+                    QLORA_NEEDS_GPU,
+                    fieldPath=".trainer.causalLM.method",
+                ),
             ]
         }
     )
@@ -134,6 +142,9 @@ class TrainingJobSpec(ApiModel):
             raise ValueError("set exactly one of trainer (the built-in trainer) or command (your own driver)")
         if self.args and not self.command:
             raise ValueError("args need a command")
+        lm = self.trainer.causal_lm if self.trainer else None
+        if lm is not None and lm.method == "qlora" and self.workers.resources.gpu == 0:
+            raise ValueError(f"trainer.causalLM.method: {QLORA_NEEDS_GPU}")
         return self
 
 
@@ -171,6 +182,12 @@ class ProgressStatus(ApiModel):
     """Short human summary for the printer column, e.g. "42% (step 420/1000)"."""
 
 
+class ArtifactReference(ApiModel):
+    uri: str
+    sha256: str
+    """sha256 of the artifact's manifest.json."""
+
+
 class ModelStatus(ApiModel):
     """The published artifact."""
 
@@ -178,6 +195,8 @@ class ModelStatus(ApiModel):
     sha256: str
     """sha256 of the artifact's manifest.json."""
     metrics: dict[str, float] = Field(default_factory=dict)
+    adapter: ArtifactReference | None = None
+    """A LoRA fine-tune's adapter alone, when the model at uri is the base with the adapter merged in."""
 
 
 MAX_FAILURES_KEPT = 10

@@ -82,10 +82,39 @@ def storage_wiring(spec: TrainingJobSpec) -> StorageWiring:
             wiring.env[env_name] = location.uri
         if location.secret_ref is not None and location.secret_ref.name not in wiring.secrets:
             wiring.secrets.append(location.secret_ref.name)
-    dataset_secret = spec.trainer.dataset.secret_ref if spec.trainer else None
-    if dataset_secret is not None and dataset_secret.name not in wiring.secrets:
-        wiring.secrets.append(dataset_secret.name)
+    for claim in _read_claims(spec):
+        if not any(v["name"] == f"pvc-{claim}" for v in wiring.volumes):
+            wiring.volumes.append(
+                {"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+            )
+            wiring.mounts.append({"name": f"pvc-{claim}", "mountPath": f"{MOUNT_ROOT}/{claim}", "readOnly": True})
+    for secret in _read_secrets(spec):
+        if secret not in wiring.secrets:
+            wiring.secrets.append(secret)
     return wiring
+
+
+def _read_claims(spec: TrainingJobSpec) -> list[str]:
+    """Claims named by pvc:// URIs the trainer only reads (data, base model): mounted read-only."""
+    if spec.trainer is None:
+        return []
+    lm = spec.trainer.causal_lm
+    uris = [
+        spec.trainer.dataset.uri,
+        spec.trainer.dataset.validation_uri,
+        lm.base_model.uri if lm and lm.base_model else None,
+    ]
+    return list(
+        dict.fromkeys(uri.removeprefix("pvc://").split("/", 1)[0] for uri in uris if uri and uri.startswith("pvc://"))
+    )
+
+
+def _read_secrets(spec: TrainingJobSpec) -> list[str]:
+    if spec.trainer is None:
+        return []
+    lm = spec.trainer.causal_lm
+    references = [spec.trainer.dataset.secret_ref, lm.base_model.secret_ref if lm and lm.base_model else None]
+    return [reference.name for reference in references if reference is not None]
 
 
 def _identity_env(owner: Owner, spec: TrainingJobSpec, attempt: int, role: str) -> dict[str, str]:

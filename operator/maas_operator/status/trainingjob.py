@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from maas_operator.api import conditions
 from maas_operator.api.trainingjob import (
     MAX_FAILURES_KEPT,
+    ArtifactReference,
     Failure,
     ModelStatus,
     Phase,
@@ -391,10 +392,14 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
         report = parse_termination_message(head.message).get("model") or {}
         model = None
         if report.get("uri") and report.get("sha256"):
+            adapter = report.get("adapter")
             model = ModelStatus(
                 uri=str(report["uri"]),
                 sha256=str(report["sha256"]),
                 metrics={str(k): float(v) for k, v in (report.get("metrics") or {}).items()},
+                adapter=ArtifactReference(uri=str(adapter["uri"]), sha256=str(adapter["sha256"]))
+                if adapter and adapter.get("uri") and adapter.get("sha256")
+                else None,
             )
             message = f"attempt {self.status.attempt} finished; model published at {model.uri}"
         else:

@@ -77,6 +77,7 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(hp.seed)
     device = ray.train.torch.get_device()
+    assert spec.model is not None
     model = models.build(spec.model, spec.model_options, train.features, train.num_classes, train.image_shape)
     optimizer = _optimizer(spec, model.parameters())
     per_epoch = steps_per_epoch(len(train.labels), hp.batch_size, world_size)

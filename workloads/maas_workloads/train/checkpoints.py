@@ -88,32 +88,60 @@ class CheckpointStore:
             metrics={k: float(v) for k, v in (marker.get("metrics") or {}).items()},
         )
 
+    def _marker_json(self, step: int, epoch: int, attempt: int, metrics: dict[str, float]) -> str:
+        return json.dumps(
+            {
+                "step": step,
+                "epoch": epoch,
+                "attempt": attempt,
+                "jobUid": self.job_uid,
+                "metrics": metrics,
+                "createdAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            }
+        )
+
+    def _committed(self, step: int, epoch: int, attempt: int, metrics: dict[str, float]) -> CheckpointInfo:
+        self._markers.pop(step, None)
+        self.prune()
+        return CheckpointInfo(
+            step, epoch, self.location.child(directory_name(step)).uri, directory_name(step), attempt, metrics
+        )
+
     def save(
         self, source: pathlib.Path, *, step: int, epoch: int, attempt: int, metrics: dict[str, float]
     ) -> tuple[CheckpointInfo, float]:
         """Commit a local directory as the checkpoint of `step`; returns it and the seconds it took."""
-        if (source / MARKER).exists():
-            raise ValueError(f"{source} already contains {MARKER}, a name reserved for the checkpoint marker")
+        _refuse_marker(source)
         started = time.monotonic()
-        marker = {
-            "step": step,
-            "epoch": epoch,
-            "attempt": attempt,
-            "jobUid": self.job_uid,
-            "metrics": metrics,
-            "createdAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        }
-        (source / MARKER).write_text(json.dumps(marker))
-        self._markers.pop(step, None)
+        (source / MARKER).write_text(self._marker_json(step, epoch, attempt, metrics))
         try:
             self.location.publish_directory(source, directory_name(step), MARKER)
         finally:
             (source / MARKER).unlink(missing_ok=True)
-        self.prune()
-        info = CheckpointInfo(
-            step, epoch, self.location.child(directory_name(step)).uri, directory_name(step), attempt, metrics
-        )
-        return info, time.monotonic() - started
+        return self._committed(step, epoch, attempt, metrics), time.monotonic() - started
+
+    # A sharded checkpoint (torch.distributed.checkpoint) has files from every rank: rank 0 clears
+    # the step's directory, every rank uploads its part, and once all have (a barrier between the
+    # ranks, outside this class) rank 0 commits the marker. Until then the directory is uncommitted:
+    # never restored, and pruned once a newer checkpoint is committed.
+
+    def clear(self, step: int) -> None:
+        """Remove whatever an interrupted earlier save of `step` left behind."""
+        self._markers.pop(step, None)
+        self.location.delete_prefix(directory_name(step))
+
+    def upload_part(self, source: pathlib.Path, step: int) -> None:
+        """Upload one rank's files of the checkpoint of `step` (uncommitted until commit())."""
+        _refuse_marker(source)
+        for path in sorted(source.rglob("*")):
+            if path.is_file():
+                self.location.upload_file(path, f"{directory_name(step)}/{path.relative_to(source).as_posix()}")
+
+    def commit(self, *, step: int, epoch: int, attempt: int, metrics: dict[str, float]) -> CheckpointInfo:
+        """Write the marker of `step`, whose parts every rank has uploaded, then prune older checkpoints."""
+        marker = self._marker_json(step, epoch, attempt, metrics).encode()
+        self.location.write_bytes(f"{directory_name(step)}/{MARKER}", marker)
+        return self._committed(step, epoch, attempt, metrics)
 
     def prune(self) -> None:
         """Keep the newest `keep` committed checkpoints; drop interrupted writes older than the newest."""
@@ -132,3 +160,8 @@ class CheckpointStore:
         self.location.download_directory(info.directory, destination)
         (destination / MARKER).unlink(missing_ok=True)
         return destination
+
+
+def _refuse_marker(source: pathlib.Path) -> None:
+    if (source / MARKER).exists():
+        raise ValueError(f"{source} already contains {MARKER}, a name reserved for the checkpoint marker")

@@ -18,6 +18,10 @@ from maas_workloads.train.errors import ConfigurationError
 
 WORKER_RESOURCE = "maas_worker"
 """Custom Ray resource each worker pod advertises once: one Ray Train worker per pod."""
+DATA_RESOURCE = "maas_data"
+DATA_TASKS_PER_WORKER = 4
+"""Each worker pod advertises DATA_RESOURCE this many times: at most that many Ray Data tasks
+(a streamed dataset's reading and tokenizing) run on it at once, never on the head."""
 
 
 def _quantity_to_cpus(quantity: str | None) -> int:

@@ -6,12 +6,15 @@ import os
 import pathlib
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maas_workloads import storage
 from maas_workloads.train import datasets, models
 from maas_workloads.train.config import WORKER_RESOURCE, JobContext
 from maas_workloads.train.errors import ApplicationError, ConfigurationError, InfrastructureError, LaunchError
+
+if TYPE_CHECKING:
+    from maas_workloads.train.llm.prepare import PreparedLM
 
 ENV_MAX_WORKER_FAILURES = "MAAS_MAX_WORKER_FAILURES"
 DEFAULT_MAX_WORKER_FAILURES = 3
@@ -85,7 +88,7 @@ class PreparedData:
     validation: datasets.Dataset | None
 
 
-def prepare_builtin(context: JobContext) -> PreparedData:
+def prepare_builtin(context: JobContext) -> PreparedData | PreparedLM:
     """Load and check the data and model on the head, before any Ray process starts.
 
     A missing column or a model that does not fit the data is a configuration error here,
@@ -94,14 +97,25 @@ def prepare_builtin(context: JobContext) -> PreparedData:
     trainer_spec = context.spec.trainer
     if trainer_spec is None:
         raise ConfigurationError("spec.trainer is not set: the built-in trainer has nothing to run")
-    hp = trainer_spec.hyperparameters
-    train, validation = datasets.load(trainer_spec.dataset).split(hp.validation_split, hp.seed)
+    if trainer_spec.causal_lm is not None:
+        from maas_workloads.train.llm.prepare import prepare
+
+        return prepare(context)
+    assert trainer_spec.model is not None
+    train, validation = datasets.load(trainer_spec.dataset).split(
+        trainer_spec.validation_split, trainer_spec.hyperparameters.seed
+    )
     models.build(trainer_spec.model, trainer_spec.model_options, train.features, train.num_classes, train.image_shape)
     return PreparedData(train, validation)
 
 
-def run_builtin(context: JobContext, data: PreparedData) -> None:
+def run_builtin(context: JobContext, data: PreparedData | PreparedLM) -> None:
     """Train on the workers with TorchTrainer; the data reaches them through Ray's object store."""
+    if not isinstance(data, PreparedData):
+        from maas_workloads.train.llm.driver import run
+
+        run(context, data)
+        return
     import ray
     from ray.train import TrainingFailedError
     from ray.train.torch import TorchTrainer

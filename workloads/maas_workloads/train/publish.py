@@ -14,6 +14,8 @@ from torch import nn
 from maas_workloads import artifact, contract, storage
 
 MODEL_FILE = "model.pt"
+ADAPTER_DIRECTORY = "adapter"
+"""A LoRA fine-tune's adapter, published below the merged model it was merged into."""
 WEIGHTS_FILE = "model.safetensors"
 _DATATYPES: dict[torch.dtype, artifact.Datatype] = {
     torch.float32: "FP32",
@@ -36,9 +38,10 @@ def _datatype(tensor: torch.Tensor, what: str) -> artifact.Datatype:
         raise ValueError(f"{what} has dtype {tensor.dtype}, which the artifact format cannot describe") from error
 
 
-def _versions() -> dict[str, str]:
+def framework_versions(*extra: str) -> dict[str, str]:
+    """Versions of Python, torch, Ray, safetensors, this package and the `extra` distributions installed."""
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for distribution in ("ray", "safetensors", "maas-operator"):
+    for distribution in ("ray", "safetensors", "maas-operator", *extra):
         try:
             versions[distribution] = metadata.version(distribution)
         except metadata.PackageNotFoundError:
@@ -96,7 +99,7 @@ def export(
         files=artifact.describe_files(directory),
         source=source,
         metrics=metrics,
-        framework_versions=_versions(),
+        framework_versions=framework_versions(),
         created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         labels=labels,
     )
@@ -134,3 +137,13 @@ def read_published(output_uri: str) -> tuple[artifact.ArtifactManifest, str]:
     except artifact.ArtifactError as error:
         raise artifact.ArtifactError(f"{output_uri}/{contract.MANIFEST_FILE}: {error}") from error
     return manifest, artifact.sha256_bytes(data)
+
+
+def published_adapter(output_uri: str) -> contract.ArtifactReport | None:
+    """The adapter published below a merged model (`<output>/adapter`), if any."""
+    parent, name = split_output_uri(output_uri)
+    try:
+        data = parent.read_bytes(f"{name}/{ADAPTER_DIRECTORY}/{contract.MANIFEST_FILE}")
+    except storage.ObjectNotFoundError:
+        return None
+    return {"uri": f"{output_uri.rstrip('/')}/{ADAPTER_DIRECTORY}", "sha256": artifact.sha256_bytes(data)}

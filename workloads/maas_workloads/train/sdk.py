@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,11 @@ def _session() -> _Session:
     return _sessions[pid]
 
 
+def job_context() -> JobContext:
+    """This process's job: spec, identity and locations, as the operator passed them."""
+    return _session().context
+
+
 def _ray_train_rank() -> int | None:
     """This worker's world rank, or None outside a Ray Train worker."""
     try:
@@ -76,6 +82,7 @@ def report(
     epoch: int | None = None,
     step: int | None = None,
     total_steps: int | None = None,
+    sharded: bool = False,
 ) -> None:
     """Report metrics (and, from rank 0, commit `checkpoint_dir` as the latest checkpoint).
 
@@ -83,6 +90,10 @@ def report(
     Call it from every rank; only rank 0's call reaches the head and storage. Unlike
     `ray.train.report` it does not wait for Ray Train's controller (which polls every 2 s),
     so reporting every epoch costs no throughput.
+
+    `sharded=True`: every rank passes its own directory holding its part of one checkpoint (what
+    torch.distributed.checkpoint writes on each rank); every rank uploads its part, and rank 0
+    commits the checkpoint once all parts are in. It synchronises the ranks (torch.distributed).
     """
     session = _session()
     session.step = step if step is not None else session.step + 1
@@ -91,26 +102,53 @@ def report(
     values = _numbers(metrics)
     session.metrics = values
     rank = _ray_train_rank()
+    update: dict[str, Any] = {"step": session.step, "epoch": session.epoch, "metrics": values}
+    if total_steps is not None:
+        update["totalSteps"] = total_steps
+    if checkpoint_dir is not None and sharded:
+        update.update(_save_sharded(session, pathlib.Path(checkpoint_dir), values, rank or 0))
+    elif checkpoint_dir is not None and rank in (None, 0):
+        update.update(_save(session, pathlib.Path(checkpoint_dir), values))
     if rank in (None, 0):
-        update: dict[str, Any] = {"step": session.step, "epoch": session.epoch, "metrics": values}
-        if total_steps is not None:
-            update["totalSteps"] = total_steps
-        if checkpoint_dir is not None:
-            if session.store is None:
-                if not session.warned_no_store:
-                    log.warning("the TrainingJob has no spec.checkpoint: checkpoints are not kept")
-                    session.warned_no_store = True
-            else:
-                info, seconds = session.store.save(
-                    pathlib.Path(checkpoint_dir),
-                    step=session.step,
-                    epoch=session.epoch,
-                    attempt=session.context.attempt,
-                    metrics=values,
-                )
-                update["lastCheckpoint"] = info.uri
-                update["checkpointSeconds"] = seconds
         post_progress(session.context.progress_url, session.context.uid, update)
+
+
+def _no_store(session: _Session) -> bool:
+    if session.store is None and not session.warned_no_store:
+        log.warning("the TrainingJob has no spec.checkpoint: checkpoints are not kept")
+        session.warned_no_store = True
+    return session.store is None
+
+
+def _save(session: _Session, directory: pathlib.Path, metrics: dict[str, float]) -> dict[str, Any]:
+    if _no_store(session):
+        return {}
+    assert session.store is not None
+    info, seconds = session.store.save(
+        directory, step=session.step, epoch=session.epoch, attempt=session.context.attempt, metrics=metrics
+    )
+    return {"lastCheckpoint": info.uri, "checkpointSeconds": seconds}
+
+
+def _save_sharded(session: _Session, directory: pathlib.Path, metrics: dict[str, float], rank: int) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    if _no_store(session):
+        return {}
+    assert session.store is not None
+    started = time.monotonic()
+    synchronize = dist.barrier if dist.is_initialized() else (lambda: None)
+    if rank == 0:
+        session.store.clear(session.step)
+    synchronize()
+    session.store.upload_part(directory, session.step)
+    synchronize()
+    if rank != 0:
+        return {}
+    info = session.store.commit(
+        step=session.step, epoch=session.epoch, attempt=session.context.attempt, metrics=metrics
+    )
+    return {"lastCheckpoint": info.uri, "checkpointSeconds": time.monotonic() - started}
 
 
 def get_checkpoint() -> pathlib.Path | None:

@@ -1,0 +1,1 @@
+"""The built-in trainer's causal-language-model task: data, tokenizer, model, sharding, loop, checkpoints, artifact."""

@@ -1,0 +1,171 @@
+"""Publish a trained causal LM as artifacts (artifact.py's `hf-causal-lm` and `peft-lora` formats).
+
+What the output URI holds is always what a ModelService serves (`status.model.uri`):
+- method full: the model, a Hugging Face directory;
+- lora / qlora: the base model with the adapter merged in, and in `adapter/` below it the adapter
+  alone (its own manifest names the base model by URI and manifest sha256; reported as
+  `status.model.adapter`); with `mergeAdapter: false`, the adapter itself.
+The merged model's manifest lists only its own files. Everything appears at once: the directory
+is published with the top manifest last.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from torch import nn
+
+from maas_operator.api.trainer import TrainerSpec
+from maas_workloads import artifact
+from maas_workloads.train import publish, sdk
+from maas_workloads.train.llm import modeling
+from maas_workloads.train.llm.base import BaseModel
+from maas_workloads.train.llm.tokenizer import stop_token_ids
+from maas_workloads.train.publish import ADAPTER_DIRECTORY
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def write_causal_lm(
+    directory: pathlib.Path, model: Any, tokenizer: Any, *, source: artifact.Source, metrics: dict[str, float]
+) -> str:
+    """Save model (safetensors, config, generation config) and tokenizer (with its chat template) as a
+    Hugging Face directory, then its manifest (last); returns the manifest's sha256."""
+    from transformers import GenerationConfig
+
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    if not (directory / "generation_config.json").exists() or model.generation_config.eos_token_id is None:
+        GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=stop_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+        ).save_pretrained(directory)
+    config = model.config
+    manifest = artifact.CausalLMManifest(
+        format=artifact.CAUSAL_LM_FORMAT,
+        architecture=str(config.model_type),
+        context_length=modeling.context_length(config) or int(tokenizer.model_max_length),
+        parameters=sum(p.numel() for p in model.parameters()),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        files=artifact.describe_files(directory),
+        source=source,
+        metrics=metrics,
+        framework_versions=publish.framework_versions("transformers", "peft", "tokenizers"),
+        created_at=_now(),
+    )
+    digest = artifact.write_manifest(directory, manifest)
+    artifact.verify(directory, digest)
+    return digest
+
+
+def write_adapter(
+    directory: pathlib.Path,
+    model: Any,
+    base_model: artifact.BaseModelReference,
+    *,
+    context_length: int,
+    source: artifact.Source,
+    metrics: dict[str, float],
+) -> str:
+    """Save a PEFT model's adapter (adapter_config.json, adapter_model.safetensors) and its manifest."""
+    config = model.peft_config["default"]
+    config.base_model_name_or_path = base_model.uri
+    model.save_pretrained(directory)
+    manifest = artifact.AdapterManifest(
+        format=artifact.LORA_ADAPTER_FORMAT,
+        base_model=base_model,
+        rank=config.r,
+        alpha=config.lora_alpha,
+        target_modules=sorted(config.target_modules),
+        context_length=context_length,
+        files=artifact.describe_files(directory),
+        source=source,
+        metrics=metrics,
+        framework_versions=publish.framework_versions("transformers", "peft"),
+        created_at=_now(),
+    )
+    digest = artifact.write_manifest(directory, manifest)
+    artifact.verify(directory, digest)
+    return digest
+
+
+def _with_weights(config: Any, weights: dict[str, Any]) -> nn.Module:
+    """The model of `config` holding `weights` (a full state dict), built without a second copy."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(weights, strict=False, assign=True)
+    model.tie_weights()
+    missing = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if missing:
+        raise RuntimeError(f"the gathered weights lack {', '.join(missing[:5])}")
+    return model  # type: ignore[no-any-return]
+
+
+def _adapted(spec: TrainerSpec, base: BaseModel, weights: dict[str, Any]) -> Any:
+    """The base model on CPU with the trained adapter weights in place."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    assert spec.causal_lm is not None
+    model = AutoModelForCausalLM.from_pretrained(base.directory, dtype=torch.float32)
+    adapted = get_peft_model(model, modeling.lora_config(spec.causal_lm.lora))
+    result = adapted.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"the gathered adapter has weights the model lacks: {result.unexpected_keys[:5]}")
+    return adapted
+
+
+def publish_from_worker(
+    spec: TrainerSpec,
+    files: pathlib.Path,
+    weights: dict[str, Any],
+    metrics: dict[str, float],
+    base: BaseModel | None,
+) -> None:
+    """Rank 0, after training: write the artifact(s) for the gathered `weights` and publish them at
+    the job's output URI. `files` holds the tokenizer (and, from scratch, config.json)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    lm = spec.causal_lm
+    assert lm is not None
+    context = sdk.job_context()
+    source = artifact.Source(namespace=context.namespace, name=context.name, uid=context.uid, attempt=context.attempt)
+    tokenizer = AutoTokenizer.from_pretrained(files)
+    with tempfile.TemporaryDirectory(prefix="maas-artifact-") as scratch_name:
+        scratch = pathlib.Path(scratch_name)
+        root = scratch / "artifact"
+        if lm.method == "full":
+            config = AutoConfig.from_pretrained(base.directory if base else files)
+            model = _with_weights(config, weights)
+            write_causal_lm(root, model.to(config.dtype or torch.float32), tokenizer, source=source, metrics=metrics)
+        else:
+            assert base is not None
+            adapted = _adapted(spec, base, weights)
+            dtype = adapted.base_model.model.config.dtype or torch.float32
+            context_length = modeling.context_length(adapted.base_model.model.config) or lm.sequence_length
+            adapter = scratch / ADAPTER_DIRECTORY
+            if base.manifest_sha256 is not None:
+                reference = artifact.BaseModelReference(uri=base.uri, sha256=base.manifest_sha256)
+                write_adapter(
+                    adapter, adapted, reference, context_length=context_length, source=source, metrics=metrics
+                )
+            else:
+                # A plain Hugging Face base has no manifest to pin: the adapter goes along as PEFT files only.
+                adapted.save_pretrained(adapter)
+            if lm.merge_adapter:
+                merged = adapted.merge_and_unload()
+                write_causal_lm(root, merged.to(dtype), tokenizer, source=source, metrics=metrics)
+                shutil.copytree(adapter, root / ADAPTER_DIRECTORY)
+            else:
+                root = adapter
+        publish.publish(root, context.output_uri)
