@@ -83,9 +83,7 @@ def training() -> dashboard.Dashboard:
         .with_variable(variable("trainingjob", "TrainingJob", 'maas_train_step{namespace=~"$namespace"}'))
         .with_row(dashboard.Row("Progress"))
         .with_panel(graph("Training loss", "none", query(f"maas_train_loss{{{job}}}", "{{trainingjob}}")))
-        .with_panel(
-            graph("Reported metrics", "none", query(f"maas_train_metric{{{job}}}", "{{trainingjob}} {{name}}"))
-        )
+        .with_panel(graph("Reported metrics", "none", query(f"maas_train_metric{{{job}}}", "{{trainingjob}} {{name}}")))
         .with_panel(
             graph(
                 "Throughput",
@@ -131,8 +129,9 @@ def training() -> dashboard.Dashboard:
                 "Waiting to be scheduled (GPUs requested)",
                 "none",
                 query(
-                    f'maas_trainingjob_gpus{{{job}}} and on (namespace, trainingjob) '
-                    f'maas_trainingjob_status_condition{{{job}, type="Running", status="False", reason="Unschedulable"}}',
+                    f"maas_trainingjob_gpus{{{job}}} and on (namespace, trainingjob) "
+                    f"maas_trainingjob_status_condition{{{job}, "
+                    'type="Running", status="False", reason="Unschedulable"}',
                     "{{trainingjob}}",
                 ),
             )
@@ -188,7 +187,9 @@ def serving() -> dashboard.Dashboard:
             graph(
                 "In flight and queued",
                 "none",
-                query(f"sum by (modelservice) (maas_inference_inflight_requests{{{svc}}})", "{{modelservice}} in flight"),
+                query(
+                    f"sum by (modelservice) (maas_inference_inflight_requests{{{svc}}})", "{{modelservice}} in flight"
+                ),
                 query(f"sum by (modelservice) (maas_inference_queue_depth{{{svc}}})", "{{modelservice}} queued"),
             )
         )
@@ -235,9 +236,7 @@ def llm() -> dashboard.Dashboard:
     return (
         board("maas-llm", "MaaS / LLM serving", "LLM ModelServices (builtin or vLLM engine), by vLLM's metric names.")
         .with_variable(variable("namespace", "Namespace", "vllm:num_requests_running"))
-        .with_variable(
-            variable("modelservice", "ModelService", 'vllm:num_requests_running{namespace=~"$namespace"}')
-        )
+        .with_variable(variable("modelservice", "ModelService", 'vllm:num_requests_running{namespace=~"$namespace"}'))
         .with_variable(variable("model_name", "Model", 'vllm:num_requests_running{modelservice=~"$modelservice"}'))
         .with_row(dashboard.Row("Latency"))
         .with_panel(
@@ -332,7 +331,8 @@ def operator() -> dashboard.Dashboard:
                 "TrainingJob time to running (p90) and duration (p50)",
                 "s",
                 query(
-                    f"histogram_quantile(0.9, sum by (le) (rate(maas_trainingjob_time_to_running_seconds_bucket[{RATE}])))",
+                    "histogram_quantile(0.9, sum by (le) "
+                    f"(rate(maas_trainingjob_time_to_running_seconds_bucket[{RATE}])))",
                     "to running p90",
                 ),
                 query(
@@ -399,5 +399,3 @@ def dashboards() -> dict[str, str]:
         "operator.json": operator(),
     }
     return {name: json.dumps(_with_layout(b.build()), indent=2, sort_keys=True) + "\n" for name, b in built.items()}
-
-

@@ -21,7 +21,7 @@ import sys
 import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from dashboards import dashboards  # noqa: E402
+from dashboards import dashboards
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "maas-operator"

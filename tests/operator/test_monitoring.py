@@ -118,9 +118,7 @@ def test_every_rule_and_dashboard_query_names_an_exported_metric() -> None:
 
 
 def test_the_name_check_catches_a_misspelled_metric() -> None:
-    assert metric_names("sum(rate(maas_inference_request_total[$__rate_interval]))") == {
-        "maas_inference_request_total"
-    }
+    assert metric_names("sum(rate(maas_inference_request_total[$__rate_interval]))") == {"maas_inference_request_total"}
     known = set().union(*exported_metrics().values())
     assert "maas_inference_request_total" not in known and "maas_inference_requests_total" in known
 
@@ -140,7 +138,8 @@ def test_rules_pass_promtool_check_and_unit_tests(tmp_path: pathlib.Path) -> Non
 
 @pytest.mark.slow
 def test_thresholds_are_values() -> None:
-    groups = rule_groups("prometheusRule.thresholds.gpuPendingMinutes=45", "prometheusRule.thresholds.latencyP99Seconds=0.25")
+    thresholds = "prometheusRule.thresholds"
+    groups = rule_groups(f"{thresholds}.gpuPendingMinutes=45", f"{thresholds}.latencyP99Seconds=0.25")
     rules = {r["alert"]: r for group in groups for r in group["rules"]}
     assert rules["MaasTrainingJobPendingForGPUs"]["for"] == "45m"
     assert rules["MaasModelServiceLatencyHigh"]["expr"].rstrip().endswith("> 0.25")
@@ -198,9 +197,8 @@ def test_pod_monitors_select_the_pods_the_operator_creates() -> None:
     assert not monitors["training"]["spec"]["selector"]["matchLabels"].items() <= worker["metadata"]["labels"].items()
     assert monitors["training"]["spec"]["namespaceSelector"] == {"any": True}
     scoped = render(*EVERY_TOGGLE, "watchNamespaces={team-a,team-b}")
-    assert all(
-        o["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]} for o in scoped if o["kind"] == "PodMonitor"
-    )
+    selectors = [o["spec"]["namespaceSelector"] for o in scoped if o["kind"] == "PodMonitor"]
+    assert selectors == [{"matchNames": ["team-a", "team-b"]}] * 2
 
 
 # --- dashboards -------------------------------------------------------------------------------------------
@@ -213,7 +211,7 @@ def test_dashboards_are_well_formed() -> None:
         assert variables["datasource"]["type"] == "datasource", name
         for panel in board["panels"]:
             position = panel["gridPos"]
-            assert 0 <= position["x"] and position["x"] + position["w"] <= 24, (name, panel.get("title"))
+            assert position["x"] >= 0 and position["x"] + position["w"] <= 24, (name, panel.get("title"))
             if panel["type"] == "row":
                 continue
             assert panel["datasource"]["uid"] == "${datasource}", (name, panel["title"])
