@@ -334,6 +334,14 @@ MODELSERVICE: list[Scenario] = [
 ]
 
 
+def assert_kstatus_conditions_exclusive(obj: dict[str, Any]) -> None:
+    """kstatus takes the first abnormal-true condition it meets: both True would make the list order decide."""
+    found = {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
+    assert not (found.get("Reconciling") == "True" and found.get("Stalled") == "True"), found
+    if "status" in obj:
+        assert {"Reconciling", "Stalled"} <= set(found), "both kstatus conditions are always written"
+
+
 def ids(scenarios: list[Scenario]) -> list[str]:
     return [scenario[0].__name__ for scenario in scenarios]
 
@@ -344,6 +352,7 @@ def test_trainingjob_health(scenario: Callable[[], dict[str, Any]], health: str,
     result = run_health_lua((ARGOCD / "trainingjob-health.lua").read_text(), obj)
     assert result["status"] == health and fragment in result["message"], result
     assert kstatus.compute(obj) == verdict, obj.get("status", {}).get("conditions")
+    assert_kstatus_conditions_exclusive(obj)
 
 
 @pytest.mark.parametrize(("scenario", "health", "fragment", "verdict"), MODELSERVICE, ids=ids(MODELSERVICE))
@@ -352,6 +361,7 @@ def test_modelservice_health(scenario: Callable[[], dict[str, Any]], health: str
     result = run_health_lua((ARGOCD / "modelservice-health.lua").read_text(), obj)
     assert result["status"] == health and fragment in result["message"], result
     assert kstatus.compute(obj) == verdict, obj.get("status", {}).get("conditions")
+    assert_kstatus_conditions_exclusive(obj)
 
 
 def test_argocd_snippet_carries_the_scripts_under_argocd_keys() -> None:

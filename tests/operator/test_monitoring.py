@@ -101,6 +101,7 @@ def dashboard_queries(board: dict[str, Any]) -> list[str]:
     return targets + sources
 
 
+@pytest.mark.slow  # renders the chart with helm
 def test_every_rule_and_dashboard_query_names_an_exported_metric() -> None:
     exported = exported_metrics()
     known = set().union(*exported.values())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from maas_operator.api import conditions
-from maas_operator.api.common import Condition
+from maas_operator.api.common import Condition, ConditionStatus
 from maas_operator.api.modelservice import ModelServiceStatus
 from maas_operator.api.trainingjob import TrainingJobStatus
 
@@ -94,20 +94,20 @@ def modelservice_verdict(status: ModelServiceStatus) -> Verdict:
 def with_kstatus(current: list[Condition], verdict: Verdict, stamp: str, generation: int | None) -> list[Condition]:
     """`current` with Reconciling and Stalled set from `verdict`.
 
-    A False condition that is already there is left as it is, so whatever else set it (the
-    heartbeat check sets Stalled=False Heartbeat) keeps its reason and steady state writes nothing.
+    Reconciling always tells the verdict's reason. A Stalled=False that is already there is left
+    as it is: for a TrainingJob the heartbeat check owns it (Stalled=False Heartbeat).
     """
-    updated = list(current)
-    for condition_type, on in ((RECONCILING, verdict.state == "reconciling"), (STALLED, verdict.state == "stalled")):
-        existing = conditions.find(updated, condition_type)
-        if on:
-            updated = conditions.set_condition(
-                updated, condition_type, "True", verdict.reason, verdict.message, stamp, generation
-            )
-        elif existing is None or existing.status != "False":
-            updated = conditions.set_condition(
-                updated, condition_type, "False", verdict.reason, verdict.message, stamp, generation
-            )
+    reconciling: ConditionStatus = "True" if verdict.state == "reconciling" else "False"
+    updated = conditions.set_condition(
+        current, RECONCILING, reconciling, verdict.reason, verdict.message, stamp, generation
+    )
+    stalled = conditions.find(updated, STALLED)
+    if verdict.state == "stalled":
+        return conditions.set_condition(updated, STALLED, "True", verdict.reason, verdict.message, stamp, generation)
+    if stalled is None or stalled.status != "False":
+        reason = "Progressing" if verdict.state == "reconciling" else verdict.reason
+        message = "the operator is making progress" if verdict.state == "reconciling" else verdict.message
+        return conditions.set_condition(updated, STALLED, "False", reason, message, stamp, generation)
     return updated
 
 
