@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from maas_operator import local_llm
 from maas_operator.api.modelservice import ModelServiceSpec, ModelServiceStatus
 from maas_operator.api.trainingjob import TrainingJobSpec
 from maas_operator.builders.meta import Owner
@@ -237,8 +238,10 @@ def serve(
     image: str,
     keep_serving: Callable[[str], None] | None = None,
     example: Example | None = None,
+    question: local_llm.Question | None = None,
 ) -> dict[str, Any]:
-    """Start the stable pod of a ModelService, wait until it is ready, send it `example` (or zeros)."""
+    """Start the stable pod of a ModelService, wait until it is ready, send it `example` (or zeros),
+    or for a language model `question` through the OpenAI API."""
     metadata = document.get("metadata") or {}
     owner = Owner("ModelService", metadata.get("name", "local"), NAMESPACE, str(uuid.uuid4()))
     spec = ModelServiceSpec.model_validate(document.get("spec") or {})
@@ -268,13 +271,21 @@ def serve(
             raise RunError(f"the server did not become ready; see {kubelet.workdir / (owner.name + '-server.log')}")
         time.sleep(0.5)
     token = env.get(contract.ENV_AUTH_TOKEN)
-    metadata_url = f"{url}/v2/models/{owner.name}"
-    description = _get_json(metadata_url, token)
-    sent = example if fits(description, example) else None
-    answer = _get_json(f"{metadata_url}/infer", token, inference_request(description, sent))
-    outputs = {o["name"]: o.get("data", [])[:10] for o in answer.get("outputs", [])}
-    kubelet.say(f"serving {plan.status.model.uri if plan.status.model else '?'} at {url} (OIP v2, KServe v1)")
-    kubelet.say(describe_answer(answer, sent))
+    served = plan.status.model.uri if plan.status.model else "?"
+    if question is not None and local_llm.is_causal_lm(env.get(contract.ENV_MODEL_URI, "")):
+        kubelet.say(f"serving {served} at {url} (OpenAI API)")
+        model, text = local_llm.ask(url, token, question, kubelet.out)
+        outputs: dict[str, Any] = {"answer": text}
+        for line in local_llm.try_more(url, model, token):
+            kubelet.say(line)
+    else:
+        metadata_url = f"{url}/v2/models/{owner.name}"
+        description = _get_json(metadata_url, token)
+        sent = example if fits(description, example) else None
+        answer = _get_json(f"{metadata_url}/infer", token, inference_request(description, sent))
+        outputs = {o["name"]: o.get("data", [])[:10] for o in answer.get("outputs", [])}
+        kubelet.say(f"serving {served} at {url} (OIP v2, KServe v1)")
+        kubelet.say(describe_answer(answer, sent))
     if keep_serving is not None:
         keep_serving(url)
     code = kubelet.stop(server)
@@ -339,7 +350,8 @@ def run(
             preflight(kubelet, service)
             trained = train(kubelet, job, training_image)
             example = _example(kubelet, spec)
-            served = serve(kubelet, service, {name: trained}, serving_image, keep_serving, example)
+            question = local_llm.held_out_question(spec)
+            served = serve(kubelet, service, {name: trained}, serving_image, keep_serving, example, question)
         finally:
             locations = storage_wiring(spec).env
             checkpoints = locations.get(contract.ENV_CHECKPOINT_URI)

@@ -18,8 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -76,6 +77,24 @@ def write_termination_message(message: contract.TerminationMessage) -> None:
             handle.write(data)
     except OSError as error:
         log.warning("cannot write the termination message to %s: %s", termination_log_path(), error)
+
+
+def terminated(signal_: Terminated) -> int:
+    write_termination_message({"error": f"terminated by {signal_}"})
+    return contract.SIGNAL_EXIT_BASE + signal_.signum
+
+
+def _terminated_cause(error: BaseException) -> Terminated | None:
+    """The signal behind an error: Ray's C extension wraps a Terminated raised inside ray.get (e.g. while
+    trainer.fit() waits) into a SystemError, which must still count as the platform's, not the job's."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Terminated):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def fail(error: LaunchError) -> int:
@@ -207,6 +226,29 @@ def run_user_command(context: JobContext, address: str) -> None:
     raise ApplicationError(reason)
 
 
+def interruptible(function: Callable[[], None]) -> None:
+    """Run `function` (the Ray Train driver) in a thread while the main thread waits for it.
+
+    Python runs signal handlers only in the main thread, and a blocking `ray.get` there keeps
+    SIGTERM's Terminated pending until the whole fit() returns: the attempt would go on training
+    until the kubelet's SIGKILL. Waiting here instead ends the attempt at once.
+    """
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            function()
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=target, name="ray-train-driver", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=POLL_SECONDS)
+    if failure:
+        raise failure[0]
+
+
 def published_model(context: JobContext) -> contract.ModelReport:
     """The artifact this job published, read back from the output location."""
     from maas_workloads.train.publish import published_adapter, read_published
@@ -268,7 +310,7 @@ def run_head(context: JobContext) -> int:
             _connect(node, node_ip, context.head_port)
             wait_for_workers(context, context.spec.run_policy.startup_deadline_seconds)
             if data is not None:
-                run_builtin(context, data)
+                interruptible(lambda: run_builtin(context, data))
             else:
                 run_user_command(context, address)
             model = published_model(context)
@@ -276,9 +318,11 @@ def run_head(context: JobContext) -> int:
     except LaunchError as error:
         return fail(error)
     except Terminated as signal_:
-        write_termination_message({"error": f"terminated by {signal_}"})
-        return contract.SIGNAL_EXIT_BASE + signal_.signum
+        return terminated(signal_)
     except Exception as error:
+        cause = _terminated_cause(error)
+        if cause is not None:
+            return terminated(cause)
         log.exception("the head failed")
         return fail(ApplicationError(f"{type(error).__name__}: {error}"))
     finally:
@@ -335,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     role = parser.parse_args(argv).role
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_signal_handlers()
+    # Models and tokenizers come from the job's URIs, never from the Hugging Face Hub (pods may have no internet).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         context = JobContext.from_env()
     except ConfigurationError as error:

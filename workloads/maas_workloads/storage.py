@@ -228,7 +228,8 @@ class LocalLocation(Location):
         retired = destination.with_name(f"{_RETIRED_PREFIX}{destination.name}-{token}")
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(source, staging, ignore=shutil.ignore_patterns(marker))
+            # Only the top-level marker waits: a nested artifact's manifest is an ordinary file here.
+            shutil.copytree(source, staging, ignore=_ignore_top(source, marker))
             shutil.copy2(source / marker, staging / marker)
             _fsync_tree(staging)
             if destination.exists():
@@ -240,6 +241,15 @@ class LocalLocation(Location):
                 retired.rename(destination)
             raise _local_error(f"cannot publish {source} to {destination}", error) from error
         _remove(retired)
+
+
+def _ignore_top(source: pathlib.Path, name: str) -> Any:
+    """A copytree `ignore` that leaves out `name` in `source` itself, not in its subdirectories."""
+
+    def ignore(directory: str, _names: list[str]) -> list[str]:
+        return [name] if pathlib.Path(directory) == source else []
+
+    return ignore
 
 
 def _fsync_tree(directory: pathlib.Path) -> None:

@@ -30,11 +30,11 @@ Batch = dict[str, torch.Tensor]
 
 def to_batch(input_ids: Any, labels: Any, lengths: Any, device: torch.device) -> Batch:
     """Tensors for the model, cut to the batch's longest sequence."""
-    lengths_tensor = torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
+    lengths_tensor = torch.tensor(np.asarray(lengths), dtype=torch.int64)
     width = int(lengths_tensor.max())
     batch: Batch = {
-        "input_ids": torch.as_tensor(np.asarray(input_ids)[:, :width], dtype=torch.int64).to(device),
-        "labels": torch.as_tensor(np.asarray(labels)[:, :width], dtype=torch.int64).to(device),
+        "input_ids": torch.tensor(np.asarray(input_ids)[:, :width], dtype=torch.int64).to(device),
+        "labels": torch.tensor(np.asarray(labels)[:, :width], dtype=torch.int64).to(device),
         "lengths": lengths_tensor,
     }
     if int(lengths_tensor.min()) < width:

@@ -25,6 +25,7 @@ from maas_workloads import artifact
 from maas_workloads.train import publish, sdk
 from maas_workloads.train.llm import modeling
 from maas_workloads.train.llm.base import BaseModel
+from maas_workloads.train.llm.encoding import pad_token_id
 from maas_workloads.train.llm.tokenizer import stop_token_ids
 from maas_workloads.train.publish import ADAPTER_DIRECTORY
 
@@ -38,16 +39,15 @@ def write_causal_lm(
 ) -> str:
     """Save model (safetensors, config, generation config) and tokenizer (with its chat template) as a
     Hugging Face directory, then its manifest (last); returns the manifest's sha256."""
-    from transformers import GenerationConfig
-
+    generation = model.generation_config
+    # Generation must stop where training taught the model to: at the end of a chat turn too.
+    known = generation.eos_token_id
+    known = [] if known is None else [known] if isinstance(known, int) else list(known)
+    generation.eos_token_id = list(dict.fromkeys([*known, *stop_token_ids(tokenizer)]))
+    if generation.pad_token_id is None:
+        generation.pad_token_id = pad_token_id(tokenizer)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    if not (directory / "generation_config.json").exists() or model.generation_config.eos_token_id is None:
-        GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=stop_token_ids(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-        ).save_pretrained(directory)
     config = model.config
     manifest = artifact.CausalLMManifest(
         format=artifact.CAUSAL_LM_FORMAT,
@@ -77,8 +77,8 @@ def write_adapter(
 ) -> str:
     """Save a PEFT model's adapter (adapter_config.json, adapter_model.safetensors) and its manifest."""
     config = model.peft_config["default"]
-    config.base_model_name_or_path = base_model.uri
-    model.save_pretrained(directory)
+    # The embeddings are not trained: PEFT need not look the base model up to decide.
+    model.save_pretrained(directory, save_embedding_layers=False)
     manifest = artifact.AdapterManifest(
         format=artifact.LORA_ADAPTER_FORMAT,
         base_model=base_model,
@@ -154,6 +154,7 @@ def publish_from_worker(
             dtype = adapted.base_model.model.config.dtype or torch.float32
             context_length = modeling.context_length(adapted.base_model.model.config) or lm.sequence_length
             adapter = scratch / ADAPTER_DIRECTORY
+            adapted.peft_config["default"].base_model_name_or_path = base.uri
             if base.manifest_sha256 is not None:
                 reference = artifact.BaseModelReference(uri=base.uri, sha256=base.manifest_sha256)
                 write_adapter(
@@ -161,7 +162,7 @@ def publish_from_worker(
                 )
             else:
                 # A plain Hugging Face base has no manifest to pin: the adapter goes along as PEFT files only.
-                adapted.save_pretrained(adapter)
+                adapted.save_pretrained(adapter, save_embedding_layers=False)
             if lm.merge_adapter:
                 merged = adapted.merge_and_unload()
                 write_causal_lm(root, merged.to(dtype), tokenizer, source=source, metrics=metrics)

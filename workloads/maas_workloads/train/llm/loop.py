@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import pathlib
+import resource
 import tempfile
 import time
 from typing import Any
@@ -27,6 +28,7 @@ from maas_operator.api.trainer import (
     DEFAULT_LR_SCHEDULE,
     DEFAULT_MAX_GRAD_NORM,
     DEFAULT_WARMUP_STEPS,
+    Hyperparameters,
     TrainerSpec,
 )
 from maas_workloads.train import sdk
@@ -46,7 +48,15 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
     return [float(v) for v in tensor.tolist()]
 
 
-def _optimizer(spec: TrainerSpec, model: nn.Module) -> torch.optim.Optimizer:
+def _all_reduce_max(value: float, device: torch.device) -> float:
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def build_optimizer(spec: TrainerSpec, model: nn.Module) -> torch.optim.Optimizer:
+    """The spec's optimizer over the trainable parameters (LoRA: the adapters only)."""
     hp = spec.hyperparameters
     parameters = [p for p in model.parameters() if p.requires_grad]
     if hp.optimizer == "sgd":
@@ -54,6 +64,59 @@ def _optimizer(spec: TrainerSpec, model: nn.Module) -> torch.optim.Optimizer:
     if hp.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=hp.learning_rate, weight_decay=hp.weight_decay)
     return torch.optim.Adam(parameters, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+
+
+def build_scheduler(hp: Hyperparameters, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """transformers' learning-rate schedule: linear warm-up, then constant, linear or cosine decay to 0."""
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        SCHEDULES[hp.lr_schedule or DEFAULT_LR_SCHEDULE],
+        optimizer,
+        num_warmup_steps=hp.warmup_steps or DEFAULT_WARMUP_STEPS,
+        num_training_steps=total_steps,
+    )
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    micro_batches: list[Batch],
+    world: int,
+    device: torch.device,
+    autocast: Any,
+    max_grad_norm: float,
+) -> tuple[float, int]:
+    """One optimizer step over this worker's micro-batches of a global batch; every worker calls it.
+
+    Returns this worker's share of the global mean loss (the shares sum to it) and the tokens it
+    processed. The loss is each token's over all the global batch's trainable tokens, counted by
+    one all-reduce first, so N workers compute exactly what one would on the whole batch.
+    """
+    items = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)), device=device)
+    if world > 1:
+        dist.all_reduce(items)
+    loss_share, tokens = 0.0, 0
+    for index, batch in enumerate(micro_batches):
+        with _gradient_sync(model, index == len(micro_batches) - 1):
+            # DDP and FSDP average gradients over the workers: scale back up to the global mean.
+            loss = _forward(model, batch, items, autocast).loss * world
+            loss.backward()
+        loss_share += float(loss.detach()) / world
+        tokens += int(batch["lengths"].sum())
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_share, tokens
+
+
+def peak_memory_bytes(device: torch.device) -> float:
+    """This process's peak memory: CUDA memory allocated on GPUs, the resident set size on CPUs."""
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
 
 
 def _gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -120,7 +183,7 @@ class _Run:
             source = AutoConfig.from_pretrained(self.files)
         model = modeling.load(lm, source, self.device, hp.mixed_precision, hp.seed)
         self.model = modeling.parallelize(model, lm.parallelism, self.device, hp.mixed_precision)
-        self.optimizer = _optimizer(self.spec, self.model)
+        self.optimizer = build_optimizer(self.spec, self.model)
         self.adapter_only = lm.method != "full"
         train: TokenBlocks | None = ray.get(config["train"]) if config["train"] is not None else None
         self.validation: TokenBlocks | None = (
@@ -133,19 +196,13 @@ class _Run:
         self.position = resumed[1] if resumed else state.Position()
         # The schedule spans the steps this worker group will take, from where it resumes.
         self.total_steps = self.batches.total_steps(self.position)
-        from transformers import get_scheduler
-
-        self.scheduler = get_scheduler(
-            SCHEDULES[hp.lr_schedule or DEFAULT_LR_SCHEDULE],
-            self.optimizer,
-            num_warmup_steps=hp.warmup_steps or DEFAULT_WARMUP_STEPS,
-            num_training_steps=self.total_steps,
-        )
+        self.scheduler = build_scheduler(hp, self.optimizer, self.total_steps)
         if resumed:
             state.load(resumed[0], self.model, self.optimizer, self.scheduler, adapter_only=self.adapter_only)
         bf16 = hp.mixed_precision and self.device.type == "cuda" and lm.parallelism == "ddp"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-        self.metrics: dict[str, float] = {}
+        # Resumed after the last step, the artifact still gets the metrics training ended with.
+        self.metrics: dict[str, float] = dict(resumed[2]) if resumed else {}
         self.last_eval: dict[str, float] = {}
 
     def evaluate(self) -> None:
@@ -170,28 +227,19 @@ class _Run:
             sdk.report(self.metrics, epoch=self.position.epoch, step=self.position.step, total_steps=self.total_steps)
 
     def step(self, micro_batches: list[Batch]) -> tuple[float, int]:
-        """One optimizer step; (this worker's share of the global mean loss, tokens it processed)."""
-        items = torch.tensor(
-            float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)), device=self.device
+        result = train_step(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            micro_batches,
+            self.world,
+            self.device,
+            self.autocast,
+            self.hp.max_grad_norm or DEFAULT_MAX_GRAD_NORM,
         )
-        if self.world > 1:
-            dist.all_reduce(items)
-        loss_share, tokens = 0.0, 0
-        for index, batch in enumerate(micro_batches):
-            with _gradient_sync(self.model, index == len(micro_batches) - 1):
-                # DDP and FSDP average gradients over the workers: scale back up to the global mean.
-                loss = _forward(self.model, batch, items, self.autocast).loss * self.world
-                loss.backward()
-            loss_share += float(loss.detach()) / self.world
-            tokens += int(batch["lengths"].sum())
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        torch.nn.utils.clip_grad_norm_(trainable, self.hp.max_grad_norm or DEFAULT_MAX_GRAD_NORM)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.position.step += 1
         self.position.offset += self.batches.global_batch
-        return loss_share, tokens
+        return result
 
     def train(self) -> None:
         every_epochs, every_steps = self.config["every_epochs"] or 1, self.config["every_steps"]
@@ -211,19 +259,23 @@ class _Run:
                 last = self.position.step >= self.total_steps
                 due_eval = eval_every is not None and self.position.step % eval_every == 0 and not last
                 if self.position.step % report_every == 0 or due_eval or last:
+                    now = time.perf_counter()
                     loss_sum, token_sum = _all_reduce([window_loss, float(window_tokens)], self.device)
                     self.metrics = {
                         **self.last_eval,
                         "loss": loss_sum / window_steps,
-                        "tokens_per_second": token_sum / max(time.perf_counter() - started, 1e-9),
+                        "tokens_per_second": token_sum / max(now - started, 1e-9),
                         "learning_rate": float(self.scheduler.get_last_lr()[0]),
+                        "peak_memory_bytes": _all_reduce_max(peak_memory_bytes(self.device), self.device),
                     }
                     if due_eval:
                         self.evaluate()
                     due_checkpoint = every_steps is not None and self.position.step % every_steps == 0
                     if not last:
                         self.report(checkpoint=due_checkpoint)
-                    window_loss, window_tokens, window_steps, started = 0.0, 0, 0, time.perf_counter()
+                    window_loss, window_tokens, window_steps = 0.0, 0, 0
+                    # Reporting costs count against the next window's throughput; evaluations and checkpoints do not.
+                    started = time.perf_counter() if due_eval or due_checkpoint else now
                 if last:
                     finished_epoch = self.batches.epoch_finished(self.position)
                     break

@@ -56,7 +56,7 @@ class DataSource:
 def open_source(uri: str, field: str, declared: DatasetFormat | None) -> DataSource:
     """Find the files and settle the format, reading no more than the first record; ConfigurationError
     names `field` when nothing usable is there, InfrastructureError when storage cannot be reached."""
-    if uri.startswith(synthetic.SCHEME):
+    if uri.startswith("synthetic:"):
         try:
             synthetic.ArithmeticOptions.parse(uri)
         except ValueError as error:

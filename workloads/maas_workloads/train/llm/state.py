@@ -63,19 +63,21 @@ def save(
     try:
         save_shards({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=directory)
         if rank == 0:
-            (directory / STATE_FILE).write_text(json.dumps(asdict(position)))
+            (directory / STATE_FILE).write_text(json.dumps({"position": asdict(position), "metrics": metrics}))
             torch.save(scheduler.state_dict(), directory / SCHEDULER_FILE)
         sdk.report(metrics, directory, epoch=position.epoch, step=position.step, total_steps=total_steps, sharded=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def latest() -> tuple[pathlib.Path, Position] | None:
-    """The job's latest checkpoint, downloaded, and the position it was taken at; None to start fresh."""
+def latest() -> tuple[pathlib.Path, Position, dict[str, float]] | None:
+    """The job's latest checkpoint, downloaded, with the position and metrics it was taken at;
+    None to start fresh."""
     directory = sdk.get_checkpoint()
     if directory is None:
         return None
-    return directory, Position(**json.loads((directory / STATE_FILE).read_text()))
+    saved = json.loads((directory / STATE_FILE).read_text())
+    return directory, Position(**saved["position"]), {k: float(v) for k, v in saved["metrics"].items()}
 
 
 def load(

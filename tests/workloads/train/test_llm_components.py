@@ -1,0 +1,210 @@
+"""The causal-LM trainer's parts, without Ray: data, tokenizer, encoding, batches, sharded checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from maas_operator.api.trainer import Hyperparameters
+from maas_workloads import storage
+from maas_workloads.train.checkpoints import CheckpointStore
+from maas_workloads.train.errors import ConfigurationError
+from maas_workloads.train.llm import encoding, records, synthetic
+from maas_workloads.train.llm.batches import Batches
+from maas_workloads.train.llm.state import Position
+from maas_workloads.train.llm.tokenizer import TURN_END, train_tokenizer
+
+FIELD = "spec.trainer.dataset.uri"
+
+
+def write_jsonl(path: pathlib.Path, rows: list[Any]) -> pathlib.Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    conversations = synthetic.conversations(synthetic.ArithmeticOptions(samples=300))
+    texts = [m["content"] for c in conversations for m in c["messages"]] + ["user", "assistant"]
+    return train_tokenizer(texts, 400, tmp_path_factory.mktemp("tokenizer"))
+
+
+# --- Synthetic data -------------------------------------------------------------------------
+
+
+def test_arithmetic_never_contains_a_held_out_pair() -> None:
+    options = synthetic.ArithmeticOptions.parse("synthetic:arithmetic?samples=2000&seed=3")
+    questions = {c["messages"][0]["content"] for c in synthetic.conversations(options)}
+    answers = [c["messages"][1]["content"] for c in synthetic.conversations(options)]
+    assert len(answers) == 2000 and answers == [c["messages"][1]["content"] for c in synthetic.conversations(options)]
+    for answer in answers:
+        a, b = (int(x) for x in answer.split(" = ")[0].split(" + "))
+        assert not synthetic.is_held_out(a, b) and 0 <= a <= 99 and 0 <= b <= 9
+    question, expected = synthetic.held_out_question(options)
+    assert question not in questions and expected.startswith(question.removeprefix("What is ").rstrip("?"))
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("synthetic:arithmetic?rows=5", "unknown option 'rows'"),
+        ("synthetic:arithmetic?samples=0", "samples='0' must be a whole number from 1"),
+        ("synthetic:algebra", "unknown generator"),
+    ],
+)
+def test_arithmetic_options_are_checked(uri: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        records.open_source(uri, FIELD, None)
+
+
+# --- Records --------------------------------------------------------------------------------
+
+
+def test_the_format_follows_the_files(tmp_path: pathlib.Path) -> None:
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "assistant", "content": "hi"}]}])
+    (tmp_path / "text").mkdir()
+    write_jsonl(tmp_path / "text" / "a.jsonl", [{"text": "one"}])
+    write_jsonl(tmp_path / "text" / "b.jsonl", [{"text": "two"}])
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "book.txt").write_text("first line\n\nsecond line\n")
+    assert records.open_source(chat.as_uri(), FIELD, None).format == "chat"
+    directory = records.open_source((tmp_path / "text").as_uri(), FIELD, "text")
+    assert directory.keys == ("a.jsonl", "b.jsonl")
+    assert [record for _, record in records.read(directory)] == [{"text": "one"}, {"text": "two"}]
+    plain = records.open_source((tmp_path / "plain").as_uri(), FIELD, None)
+    assert plain.format == "plain"
+    assert [r["text"] for _, r in records.read(plain)] == ["first line\n", "second line\n"]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"text": "no messages here"}, r"line 2: chat data needs a non-empty `messages` list .* has keys text"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, r"line 2: messages\[0\].role must be one of"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "line 2: a conversation needs an assistant message"),
+    ],
+)
+def test_chat_records_that_do_not_fit_are_named(tmp_path: pathlib.Path, row: dict[str, Any], message: str) -> None:
+    good = {"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]}
+    path = write_jsonl(tmp_path / "chat.jsonl", [good, row])
+    source = records.open_source(path.as_uri(), FIELD, "chat")
+    with pytest.raises(ConfigurationError, match=f"{FIELD}: .*chat.jsonl {message}"):
+        list(records.read(source))
+
+
+def test_jsonl_without_text_or_messages_is_refused(tmp_path: pathlib.Path) -> None:
+    path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "a", "completion": "b"}])
+    with pytest.raises(ConfigurationError, match="need a `text` string or a `messages` list; this one has keys"):
+        records.open_source(path.as_uri(), FIELD, None)
+    with pytest.raises(ConfigurationError, match="neither a file nor a directory"):
+        records.open_source((tmp_path / "missing.jsonl").as_uri(), FIELD, None)
+
+
+# --- Tokenizer and encoding -----------------------------------------------------------------
+
+
+def test_the_tokenizer_is_deterministic_and_keeps_digits_apart(tokenizer: Any, tmp_path: pathlib.Path) -> None:
+    conversations = synthetic.conversations(synthetic.ArithmeticOptions(samples=300))
+    texts = [m["content"] for c in conversations for m in c["messages"]] + ["user", "assistant"]
+    again = train_tokenizer(texts, 400, tmp_path)
+    assert again.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
+    assert [t for t in tokenizer.tokenize("1234") if t.strip("Ġ")] == ["1", "2", "3", "4"]
+
+
+def test_chat_loss_covers_only_the_assistant_turn_and_its_end(tokenizer: Any) -> None:
+    messages = synthetic.conversation(47, 8)
+    ids, labels = encoding.Encoder(tokenizer, "chat", "assistant").encode({"messages": messages})
+    learned = [token for token, label in zip(ids, labels, strict=True) if label != encoding.IGNORE_INDEX]
+    assert tokenizer.decode(learned) == f"47 + 8 = 55{TURN_END}\n"
+    assert encoding.Encoder(tokenizer, "chat", "all").encode({"messages": messages}) == (ids, ids)
+
+
+def test_packing_and_padding(tokenizer: Any) -> None:
+    encoder = encoding.Encoder(tokenizer, "text", "all")
+    examples = [encoder.encode({"text": text}) for text in ("12 + 3 = 15", "4 + 4 = 8", "99 + 9 = 108")]
+    total = sum(len(ids) for ids, _ in examples)
+    packed = encoding.pack(examples, 8)
+    assert packed.input_ids.shape == (total // 8, 8) and (packed.lengths == 8).all()
+    assert examples[0][0][-1] == tokenizer.eos_token_id  # text records end their document
+    padded = encoding.pad(examples, 8, 0)
+    assert padded.lengths.tolist() == [min(len(ids), 8) for ids, _ in examples]
+    short = int(padded.lengths.min())
+    row = int(padded.lengths.argmin())
+    assert (padded.labels[row, short:] == encoding.IGNORE_INDEX).all() and (padded.input_ids[row, short:] == 0).all()
+
+
+def test_a_chat_template_that_rewrites_earlier_turns_is_refused(tokenizer: Any) -> None:
+    tokenizer = copy.deepcopy(tokenizer)
+    # Renders the last message differently from the others: prefixes no longer line up.
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% if loop.last %}!{% endif %}{% endfor %}"
+    with pytest.raises(ConfigurationError, match=r"set causalLM\.lossOn: all"):
+        encoding.Encoder(tokenizer, "chat", "assistant").encode({"messages": synthetic.conversation(1, 2)}, "line 7")
+
+
+# --- Batches ----------------------------------------------------------------------------------
+
+
+def _blocks(count: int) -> encoding.TokenBlocks:
+    ids = np.arange(count, dtype=np.int32).reshape(count, 1).repeat(4, axis=1)
+    return encoding.TokenBlocks(ids, ids.copy(), np.full(count, 4, dtype=np.int32))
+
+
+def _global_batches(world: int, accumulation: int, position: Position, blocks: encoding.TokenBlocks) -> list[set[int]]:
+    hp = Hyperparameters(batch_size=2, epochs=2)
+    steps: list[set[int]] = []
+    per_rank = [
+        list(Batches(blocks, None, hp, rank, world, accumulation, torch.device("cpu")).epoch(position))
+        for rank in range(world)
+    ]
+    for step in zip(*per_rank, strict=True):
+        steps.append({int(row[0]) for micro in step for batch in micro for row in batch["input_ids"]})
+    return steps
+
+
+def test_a_global_batch_is_the_same_however_it_is_split() -> None:
+    blocks = _blocks(37)
+    two_workers = _global_batches(2, 1, Position(), blocks)
+    one_accumulating = _global_batches(1, 2, Position(), blocks)
+    assert two_workers == one_accumulating and len(two_workers) == 37 // 4
+    assert all(len(step) == 4 for step in two_workers)
+    # Resumed on one worker after three steps on two: the same sequences follow.
+    assert _global_batches(1, 2, Position(step=3, offset=12), blocks) == two_workers[3:]
+
+
+def test_total_steps_follow_epochs_resizes_and_max_steps() -> None:
+    cpu = torch.device("cpu")
+    batches = Batches(_blocks(40), None, Hyperparameters(batch_size=2, epochs=3), 0, 2, 1, cpu)
+    assert batches.total_steps(Position()) == 30
+    resized = Batches(_blocks(40), None, Hyperparameters(batch_size=2, epochs=3), 0, 1, 1, cpu)
+    assert resized.total_steps(Position(step=5, epoch=0, offset=20)) == 5 + 10 + 2 * 20
+    capped = Batches(_blocks(40), None, Hyperparameters(batch_size=2, epochs=3, max_steps=7), 0, 2, 1, cpu)
+    assert capped.total_steps(Position()) == 7
+
+
+# --- Sharded checkpoints ----------------------------------------------------------------------
+
+
+def test_a_sharded_checkpoint_is_committed_by_its_marker(tmp_path: pathlib.Path) -> None:
+    store = CheckpointStore(storage.LocalLocation(tmp_path / "store"), keep=1, job_uid="uid")
+    for rank in (0, 1):
+        part = tmp_path / f"rank-{rank}"
+        part.mkdir()
+        (part / f"__{rank}_0.distcp").write_bytes(b"shard")
+        store.upload_part(part, step=10)
+    assert store.latest() is None  # every part is in, but nothing is committed yet
+    info = store.commit(step=10, epoch=1, attempt=1, metrics={"loss": 1.0})
+    assert store.latest() == info
+    assert sorted(storage.LocalLocation(tmp_path / "store").list_keys()) == [
+        "checkpoint-000000000010/__0_0.distcp",
+        "checkpoint-000000000010/__1_0.distcp",
+        "checkpoint-000000000010/checkpoint.json",
+    ]
+    store.upload_part(tmp_path / "rank-0", step=20)  # an interrupted save of a later step
+    store.clear(20)
+    assert store.latest() == info and not (tmp_path / "store" / "checkpoint-000000000020").exists()

@@ -1,0 +1,99 @@
+"""Causal-LM specs that can never work fail on the head in seconds: exit 64, a message naming the field.
+
+Each case runs the real launcher's head (no workers: it fails before starting Ray); they run at
+once, so the whole file costs about one head's start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from typing import Any
+
+import pytest
+
+from maas_workloads import contract
+from maas_workloads.train.llm import synthetic
+from maas_workloads.train.llm.tokenizer import train_tokenizer
+from tests.workloads.train.cluster import LocalJob, spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    """A tiny Hugging Face model (context 64) as a plain directory, and a copy without its tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("bases")
+    complete = root / "complete"
+    tokenizer = train_tokenizer(["What is 1 + 2?", "1 + 2 = 3", "user", "assistant"], 300, complete)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    LlamaForCausalLM(config).save_pretrained(complete)
+    without_tokenizer = root / "without-tokenizer"
+    shutil.copytree(complete, without_tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (without_tokenizer / name).unlink(missing_ok=True)
+    return {"complete": complete, "without-tokenizer": without_tokenizer}
+
+
+def _cases(base_models: dict[str, pathlib.Path], data: pathlib.Path) -> dict[str, tuple[dict[str, Any], str]]:
+    chat = {"uri": data.as_uri(), "format": "chat"}
+    base = {"uri": base_models["complete"].as_uri()}
+    lora = {"baseModel": base, "method": "lora", "sequenceLength": 32}
+    return {
+        "unknown target module": (
+            {"causalLM": {**lora, "lora": {"targetModules": ["qkv_proj"]}}, "dataset": chat},
+            "spec.trainer.causalLM.lora.targetModules: Target modules {'qkv_proj'} not found in the base model",
+        ),
+        "base model without a tokenizer": (
+            {"causalLM": {**lora, "baseModel": {"uri": base_models["without-tokenizer"].as_uri()}}, "dataset": chat},
+            "spec.trainer.causalLM.baseModel.uri: " + base_models["without-tokenizer"].as_uri() + " has no tokenizer",
+        ),
+        "chat data without messages": (
+            {"causalLM": lora, "dataset": {"uri": (data.parent / "text.jsonl").as_uri(), "format": "chat"}},
+            "spec.trainer.dataset.uri: " + (data.parent / "text.jsonl").as_uri() + " line 1: chat data needs a "
+            "non-empty `messages` list of {role, content} objects; this record has keys text",
+        ),
+        "sequence length above the context": (
+            {"causalLM": {**lora, "sequenceLength": 128}, "dataset": chat},
+            "spec.trainer.causalLM.sequenceLength: 128 is longer than the base model's context length 64",
+        ),
+        "a pin without a manifest": (
+            {"causalLM": {**lora, "baseModel": {**base, "sha256": "0" * 64}}, "dataset": chat},
+            "spec.trainer.causalLM.baseModel.sha256: " + base["uri"] + " has no manifest.json to check the pin against",
+        ),
+        "qlora without a GPU": (
+            {"causalLM": {**lora, "method": "qlora", "parallelism": "ddp"}, "dataset": chat},
+            "trainer.causalLM.method: qlora needs GPU workers (workers.resources.gpu)",
+        ),
+    }
+
+
+def test_bad_specs_exit_64_naming_the_field(base_models: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "chat.jsonl"
+    options = synthetic.ArithmeticOptions(samples=50)
+    data.write_text("".join(json.dumps(record) + "\n" for record in synthetic.conversations(options)))
+    (tmp_path / "text.jsonl").write_text(json.dumps({"text": "1 + 2 = 3"}) + "\n")
+    jobs = {}
+    for name, (trainer, _) in _cases(base_models, data).items():
+        workdir = tmp_path / name.replace(" ", "-")
+        output = (workdir / "out" / "model").as_uri()
+        jobs[name] = LocalJob(workdir, spec(trainer=trainer), workers=0, output_uri=output).start()
+    try:
+        for name, (_, message) in _cases(base_models, data).items():
+            job = jobs[name]
+            assert job.wait(timeout=180) == contract.ExitCode.CONFIGURATION_ERROR, (name, job.log("head")[-3000:])
+            assert message in job.termination_message()["error"], name
+    finally:
+        for job in jobs.values():
+            job.stop()
