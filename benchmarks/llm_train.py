@@ -1,0 +1,226 @@
+"""Causal-LM fine-tuning: our trainer on 2 Ray workers against torchrun running the same FSDP2 code,
+and per-worker peak memory with FSDP against DDP.
+
+1. Throughput. The same base model (a Llama-shaped model with random weights, written as a
+   Hugging Face directory), data (synthetic:arithmetic chat, packed), batch, sequence length and
+   steps, full fine-tuning with FSDP2 on 2 workers, one torch thread each: ours (our launcher: a
+   Ray head and 2 worker nodes as local processes, as a TrainingJob's pods run it) against
+   `torchrun --nproc_per_node 2 benchmarks/torchrun_llm_peer.py` (the trainer's own data
+   preparation, model, sharding and step function, without Ray). Tokens per second: the median
+   of per-step rates after the warm-up steps; and seconds from launch to the first step.
+2. Memory. Full fine-tuning of a larger model (~200M parameters) for a few steps on 2 workers,
+   FSDP then DDP, ours both times: the peak resident memory of the busiest worker, as the
+   trainer reports it (`peak_memory_bytes`).
+
+    python benchmarks/llm_train.py [--steps 40] [--memory-steps 3]
+
+Prints a table and writes benchmarks/results/llm_train.json, with the machine's load (`uptime`)
+before and after: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "workloads")]
+
+from tests.workloads.train.cluster import LocalJob, spec  # noqa: E402
+
+WORKERS = 2
+WARMUP_STEPS = 5
+DATA = "synthetic:arithmetic?samples=6000"
+THROUGHPUT_MODEL = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4}
+MEMORY_MODEL = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16}
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def make_base(directory: pathlib.Path, shape: dict[str, int]) -> int:
+    """A random-weight Llama (with a tokenizer trained on the data) as a Hugging Face directory; its parameters."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from maas_workloads.train.llm import synthetic
+    from maas_workloads.train.llm.tokenizer import texts_of, train_tokenizer
+
+    records = synthetic.conversations(synthetic.ArithmeticOptions.parse(DATA))
+    tokenizer = train_tokenizer(texts_of(records), 512, directory)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        num_key_value_heads=shape["num_attention_heads"],
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        **shape,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    return sum(p.numel() for p in model.parameters())
+
+
+def job_spec(base: pathlib.Path, parallelism: str, steps: int, batch_size: int, length: int) -> dict[str, Any]:
+    trainer = {
+        "causalLM": {"baseModel": {"uri": base.as_uri()}, "parallelism": parallelism, "sequenceLength": length},
+        "dataset": {"uri": DATA},
+        "hyperparameters": {
+            "batchSize": batch_size,
+            "maxSteps": steps,
+            "learningRate": 1e-4,
+            "optimizer": "adamw",
+            "validationSplit": 0.0,
+        },
+    }
+    return spec(trainer=trainer, workers={"replicas": WORKERS, "resources": {"cpu": "1"}})
+
+
+def run_ours(workdir: pathlib.Path, job: dict[str, Any]) -> dict[str, Any]:
+    """Our launcher's run of `job`; per-step tokens/s and peak memory as the progress endpoint reported them."""
+    started = time.time()
+    local = LocalJob(workdir, job, output_uri=(workdir / "model").as_uri()).start()
+    assert local.head is not None
+    first_step_at, rates, memory = None, {}, 0.0
+    try:
+        while local.head.poll() is None:
+            progress = local.progress() or {}
+            step, metrics = progress.get("step", 0), progress.get("metrics", {})
+            if step >= 1 and first_step_at is None:
+                first_step_at = time.time()
+            if "tokens_per_second" in metrics:
+                rates[step] = metrics["tokens_per_second"]
+                memory = max(memory, metrics["peak_memory_bytes"])
+            time.sleep(0.05)
+        if local.head.returncode != 0:
+            raise SystemExit(f"our run failed ({local.head.returncode}):\n{local.log('head')[-3000:]}")
+    finally:
+        local.stop()
+    steady = [rate for step, rate in rates.items() if step > WARMUP_STEPS]
+    if first_step_at is None or not steady:
+        raise SystemExit(f"too few progress reports seen ({rates}); raise --steps")
+    return {
+        "tokensPerSecond": statistics.median(steady),
+        "stepsSeen": len(steady),
+        "secondsToFirstStep": first_step_at - started,
+        "wallSeconds": time.time() - started,
+        "peakMemoryBytes": memory,
+    }
+
+
+def run_torchrun(workdir: pathlib.Path, job: dict[str, Any], steps: int) -> dict[str, Any]:
+    spec_path, result_path = workdir / "peer-spec.json", workdir / "peer.json"
+    spec_path.write_text(json.dumps(job))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORKERS}",
+        str(REPO / "benchmarks" / "torchrun_llm_peer.py"),
+        str(result_path),
+        str(spec_path),
+        str(steps),
+    ]
+    started = time.time()
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = json.loads(result_path.read_text())
+    starts, tokens = result["stepStarts"], result["tokens"]
+    rates = [tokens[i] / (starts[i + 1] - starts[i]) for i in range(WARMUP_STEPS, len(tokens))]
+    return {
+        "tokensPerSecond": statistics.median(rates),
+        "stepsSeen": len(rates),
+        "secondsToFirstStep": starts[1] - started,
+        "wallSeconds": time.time() - started,
+        "peakMemoryBytes": max(result["peakMemoryBytes"]),
+        "losses": result["losses"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--sequence-length", type=int, default=128)
+    parser.add_argument("--memory-steps", type=int, default=3)
+    args = parser.parse_args()
+    load_before = uptime()
+    with tempfile.TemporaryDirectory(prefix="llm-train-bench-") as scratch:
+        workdir = pathlib.Path(scratch)
+        small, large = workdir / "base-small", workdir / "base-large"
+        small_parameters = make_base(small, THROUGHPUT_MODEL)
+        throughput_job = job_spec(small, "fsdp", args.steps, args.batch_size, args.sequence_length)
+        ours = run_ours(workdir / "ours", throughput_job)
+        peer = run_torchrun(workdir, throughput_job, args.steps)
+        large_parameters = make_base(large, MEMORY_MODEL)
+        memory = {
+            parallelism: run_ours(workdir / parallelism, job_spec(large, parallelism, args.memory_steps, 1, 64))
+            for parallelism in ("fsdp", "ddp")
+        }
+    result = {
+        "benchmark": "llm_train",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "device": "cpu"},
+        "loadBefore": load_before,
+        "loadAfter": uptime(),
+        "throughput": {
+            "model": {**THROUGHPUT_MODEL, "parameters": small_parameters},
+            "steps": args.steps,
+            "batchSizePerWorker": args.batch_size,
+            "sequenceLength": args.sequence_length,
+            "workers": WORKERS,
+            "ours": ours,
+            "torchrun": peer,
+            "tokensPerSecondRatio": ours["tokensPerSecond"] / peer["tokensPerSecond"],
+        },
+        "memory": {
+            "model": {**MEMORY_MODEL, "parameters": large_parameters},
+            "steps": args.memory_steps,
+            "fsdpPeakBytes": memory["fsdp"]["peakMemoryBytes"],
+            "ddpPeakBytes": memory["ddp"]["peakMemoryBytes"],
+            "fsdpOverDdp": memory["fsdp"]["peakMemoryBytes"] / memory["ddp"]["peakMemoryBytes"],
+        },
+    }
+    out = REPO / "benchmarks" / "results" / "llm_train.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    gib = 2**30
+    rows = [
+        ("", "ours (launcher + Ray Train, FSDP2)", "torchrun + the same FSDP2 code", "ratio"),
+        (
+            f"tokens/s (median of steps > {WARMUP_STEPS})",
+            f"{ours['tokensPerSecond']:,.0f}",
+            f"{peer['tokensPerSecond']:,.0f}",
+            f"{ours['tokensPerSecond'] / peer['tokensPerSecond']:.2f} (goal >= 0.95)",
+        ),
+        (
+            "seconds from launch to the first step",
+            f"{ours['secondsToFirstStep']:.1f}",
+            f"{peer['secondsToFirstStep']:.1f}",
+            "",
+        ),
+        ("", "FSDP2 (ours)", "DDP (ours)", "FSDP / DDP"),
+        (
+            f"peak memory per worker, {large_parameters / 1e6:.0f}M parameters",
+            f"{memory['fsdp']['peakMemoryBytes'] / gib:.2f} GiB",
+            f"{memory['ddp']['peakMemoryBytes'] / gib:.2f} GiB",
+            f"{memory['fsdp']['peakMemoryBytes'] / memory['ddp']['peakMemoryBytes']:.2f} (goal <= 0.65)",
+        ),
+    ]
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"load before: {load_before}\nload after:  {result['loadAfter']}\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
