@@ -70,7 +70,12 @@ def _value_errors(schema: dict[str, Any], value: Any, path: str) -> list[tuple[s
         return found
     if isinstance(value, dict):
         properties = schema.get("properties", {})
-        open_ended = schema.get("x-kubernetes-preserve-unknown-fields") or "additionalProperties" in schema
+        # An object without properties is the root's metadata or preserves what it holds.
+        open_ended = (
+            schema.get("x-kubernetes-preserve-unknown-fields")
+            or "additionalProperties" in schema
+            or "properties" not in schema
+        )
         for key, item in value.items():
             if key in properties:
                 found += _value_errors(properties[key], item, f"{path}.{key}")

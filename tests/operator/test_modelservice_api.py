@@ -160,7 +160,8 @@ def test_pvc_models_are_mounted_read_only() -> None:
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["MAAS_MODEL_URI"] == "file:///mnt/maas/store/digits/model"
     assert {"name": "maas-model", "persistentVolumeClaim": {"claimName": "store", "readOnly": True}} in pod["volumes"]
-    assert {"name": "maas-model", "mountPath": "/mnt/maas/store", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"name": "maas-model", "mountPath": "/mnt/maas/store", "readOnly": True} in mounts
 
 
 def test_stable_and_canary_selectors_are_disjoint_and_the_service_selects_both() -> None:

@@ -131,10 +131,10 @@ def conditions_schema_extra() -> dict[str, Any]:
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "spec") -> str:
-    """One line per problem, naming the field as it is written in YAML."""
+    """One line per problem, naming the field as the API server does (`spec.workers.env[2].name`)."""
     lines = []
     for problem in error.errors():
-        path = ".".join([prefix, *(str(part) for part in problem["loc"])])
+        path = prefix + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
         lines.append(f"{path}: {message}")
     return "; ".join(lines)

@@ -18,7 +18,7 @@ from maas_operator.api.common import (
     preserve_unknown,
 )
 from maas_operator.api.names import deployment_pod_suffix, max_name_length, name_rules
-from maas_operator.api.pods import Annotations, PodOptions
+from maas_operator.api.pods import Annotations, PodOptions, pod_rules
 from maas_operator.api.validation import DNS1035_LABEL, Rule, enforcer, full_match, int_or_string
 from maas_workloads import contract
 
@@ -257,21 +257,19 @@ class ModelServiceSpec(PodOptions):
     """An autoscaled inference Deployment behind a Service, serving one model artifact."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!(has(self.replicas) && has(self.autoscaling))",
-                    "set replicas or autoscaling, not both",
-                    fieldPath=".replicas",
-                ),
-                cel(
-                    "!has(self.autoscaling) || self.autoscaling.metric != 'cpu' || "
-                    "(has(self.resources) && has(self.resources.cpu))",
-                    "autoscaling on cpu needs resources.cpu: utilization is measured against the request",
-                    fieldPath=".autoscaling",
-                ),
-            ]
-        }
+        json_schema_extra=pod_rules(
+            cel(
+                "!(has(self.replicas) && has(self.autoscaling))",
+                "set replicas or autoscaling, not both",
+                fieldPath=".replicas",
+            ),
+            cel(
+                "!has(self.autoscaling) || self.autoscaling.metric != 'cpu' || "
+                "(has(self.resources) && has(self.resources.cpu))",
+                "autoscaling on cpu needs resources.cpu: utilization is measured against the request",
+                fieldPath=".autoscaling",
+            ),
+        )
     )
 
     model: ModelSource

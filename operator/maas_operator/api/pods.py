@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from maas_operator.api import quantity, validation
 from maas_operator.api.common import ApiModel, preserve_unknown
@@ -248,7 +256,7 @@ MOUNT_RULES = [
         f"self.all(m, m.mountPath != '{RESERVED_MOUNT_ROOT}' && !m.mountPath.startsWith('{RESERVED_MOUNT_ROOT}/')"
         f" && !(m.mountPath in {cel_list(RESERVED_MOUNT_PATHS)}))",
         f"{RESERVED_MOUNT_ROOT} (storage claims and pvc:// models) and "
-        f"{', '.join(RESERVED_MOUNT_PATHS)} are the operator's; mount elsewhere",
+        f"{', '.join(RESERVED_MOUNT_PATHS)} are the operator's: mount elsewhere",
         lambda mounts: not any(_reserved_path(path) for path in _names(mounts, "mount_path")),
     ),
     Rule(
@@ -270,15 +278,19 @@ ENV_RULES = [
         lambda env: len(set(_names(env, "name"))) == len(env),
     ),
 ]
-POD_RULES = [
-    Rule(
-        "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
-        "self.volumes.exists(v, v.name == m.name))",
-        "every volumeMount must name one of volumes",
-        lambda pod: set(_names(pod.volume_mounts, "name")) <= set(_names(pod.volumes, "name")),
-        field_path=".volumeMounts",
-    )
-]
+MOUNTS_NAME_VOLUMES = Rule(
+    "!has(self.volumeMounts) || "
+    "self.volumeMounts.all(m, has(self.volumes) && self.volumes.exists(v, v.name == m.name))",
+    "every volumeMount must name one of volumes",
+    lambda pair: set(_names(pair[0], "name")) <= set(_names(pair[1], "name")),
+    field_path=".volumeMounts",
+)
+"""Checked on (volumeMounts, volumes); the CEL rule sits on the pod options, which hold both."""
+
+
+def pod_rules(*more: dict[str, Any]) -> dict[str, Any]:
+    """The CRD rules of pod options, with `more` of a subclass (whose model_config replaces ours)."""
+    return {"x-kubernetes-validations": [MOUNTS_NAME_VOLUMES.schema(), *more]}
 
 
 def _list_schema(rules: list[Rule], max_items: int) -> dict[str, Any]:
@@ -303,7 +315,7 @@ VolumeMounts = Annotated[
 class PodOptions(ApiModel):
     """Placement and environment of one group of pods."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [r.schema() for r in POD_RULES]})
+    model_config = ConfigDict(json_schema_extra=pod_rules())
 
     resources: Resources = Field(default_factory=Resources)
     """Compute resources of the main container."""
@@ -326,8 +338,9 @@ class PodOptions(ApiModel):
     labels: Labels = Field(default_factory=dict)
     """Extra labels of the pods."""
 
-    @model_validator(mode="after")
-    def _mounts_name_volumes(self) -> PodOptions:
-        for rule in POD_RULES:
-            rule.enforce(self)
-        return self
+    @field_validator("volume_mounts")
+    @classmethod
+    def _mounts_name_volumes(cls, mounts: list[VolumeMount], info: ValidationInfo) -> list[VolumeMount]:
+        """POD_RULES, reported at volumeMounts as the CRD's fieldPath does (volumes are validated first)."""
+        MOUNTS_NAME_VOLUMES.enforce((mounts, info.data.get("volumes", [])))
+        return mounts

@@ -16,7 +16,7 @@ from maas_operator.api.common import (
     conditions_schema_extra,
 )
 from maas_operator.api.names import max_name_length, name_rules
-from maas_operator.api.pods import PodOptions
+from maas_operator.api.pods import PodOptions, pod_rules
 from maas_operator.api.trainer import TrainerSpec
 from maas_operator.api.validation import DNS_LABEL_MAX_LENGTH, LABEL_VALUE, Rule
 
@@ -37,15 +37,13 @@ class WorkerSpec(PodOptions):
     """The worker pods: one Ray Train worker (one process, its GPUs) per pod."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.minReplicas) || self.minReplicas <= self.replicas",
-                    "minReplicas must be less than or equal to replicas",
-                    fieldPath=".minReplicas",
-                )
-            ]
-        }
+        json_schema_extra=pod_rules(
+            cel(
+                "!has(self.minReplicas) || self.minReplicas <= self.replicas",
+                "minReplicas must be less than or equal to replicas",
+                fieldPath=".minReplicas",
+            )
+        )
     )
 
     replicas: int = Field(default=1, ge=1, le=MAX_WORKERS)
