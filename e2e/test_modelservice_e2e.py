@@ -45,7 +45,7 @@ def test_quantities_and_labels_are_checked_at_admission(namespace: str) -> None:
         refused = kubectl("apply", "-n", namespace, "-f", "-", stdin=modelservice("checked", **spec), check=False)
         assert refused.returncode != 0 and says in refused.stderr, refused.stderr
     accepted = kubectl(
-        "apply", "-n", namespace, "-f", "-", stdin=modelservice("forms", resources={"cpu": "1e3m", "memory": "1.5Gi"})
+        "apply", "-n", namespace, "-f", "-", stdin=modelservice("forms", resources={"cpu": "1e-1", "memory": "1.5Gi"})
     )
     assert accepted.returncode == 0
 
