@@ -17,7 +17,7 @@ from maas_operator.api.common import (
     conditions_schema_extra,
     preserve_unknown,
 )
-from maas_operator.api.names import deployment_pod_suffix, max_name_length, name_rules
+from maas_operator.api.names import max_name_length, name_rules
 from maas_operator.api.pods import Annotations, PodOptions, pod_rules
 from maas_operator.api.validation import DNS1035_LABEL, Rule, enforcer, full_match, int_or_string
 from maas_workloads import contract
@@ -25,8 +25,10 @@ from maas_workloads import contract
 KIND = "ModelService"
 PLURAL = "modelservices"
 CANARY_SUFFIX = "-canary"
-LONGEST_CHILD_SUFFIX = deployment_pod_suffix(CANARY_SUFFIX)
-"""The canary Deployment's Pods, `<name>-canary-<pod-template-hash>-<random>`, have the longest names."""
+LONGEST_CHILD_SUFFIX = CANARY_SUFFIX
+"""The canary Deployment, `<name>-canary`, has the longest name the operator derives. (The names
+Kubernetes derives from it for ReplicaSets and Pods may be longer: generateName shortens those,
+and a Pod's hostname is cut to 63 characters by the kubelet, so they never make a child invalid.)"""
 NAME_RULES = name_rules(KIND, LONGEST_CHILD_SUFFIX)
 MAX_NAME_LENGTH = max_name_length(LONGEST_CHILD_SUFFIX)
 

@@ -3,8 +3,7 @@
 The operator names children after their owner: `<name>-head` (Pod and headless Service),
 `<name>-worker-<i>` (Pods), `<name>-ray` (NetworkPolicy) for a TrainingJob; `<name>` (Deployment,
 Service, HorizontalPodAutoscaler, PodDisruptionBudget) and `<name>-canary` (Deployment) for a
-ModelService, whose ReplicaSets and Pods Kubernetes then names `<deployment>-<pod-template-hash>`
-and `<replicaset>-<5 random characters>`. A Service name must be a DNS-1035 label (a letter
+ModelService. A Service name must be a DNS-1035 label (a letter
 first, no dots, at most 63 characters: Kubernetes' IsDNS1035Label), so every child name is held to
 that: the custom resource's own name must be a DNS-1035 label short enough for its longest child.
 """
@@ -13,20 +12,10 @@ from __future__ import annotations
 
 from maas_operator.api.validation import DNS1035_LABEL, DNS_LABEL_MAX_LENGTH, Rule, cel_matches, full_match
 
-POD_TEMPLATE_HASH_LENGTH = 10
-"""A Deployment's ReplicaSet is `<deployment>-<hash>`: the hash is a uint32 in decimal, at most 10 characters."""
-GENERATED_SUFFIX_LENGTH = 5
-"""A ReplicaSet's Pod is `<replicaset>-<5 random characters>` (apiserver's generateName)."""
-
 
 def max_name_length(longest_suffix: str) -> int:
     """The longest owner name whose `<name><longest_suffix>` still fits a DNS label."""
     return DNS_LABEL_MAX_LENGTH - len(longest_suffix)
-
-
-def deployment_pod_suffix(deployment_suffix: str) -> str:
-    """The longest suffix Kubernetes adds after a Deployment named `<name><deployment_suffix>`."""
-    return f"{deployment_suffix}-{'h' * POD_TEMPLATE_HASH_LENGTH}-{'r' * GENERATED_SUFFIX_LENGTH}"
 
 
 def name_rules(kind: str, longest_suffix: str) -> list[Rule]:
