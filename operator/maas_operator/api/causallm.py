@@ -1,6 +1,6 @@
 """The built-in trainer's causal-language-model task: which model, how it is trained and sharded.
 
-Static rules live here twice, as CEL for the API server and as pydantic validators for the
+Static rules are stated once (`RULES`), applied by the API server (CEL) and by pydantic in the
 operator and the pods; what needs the model's files (its tokenizer, context length, module
 names) is checked by the TrainingJob's head before any worker starts (exit 64).
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from maas_operator.api.common import ApiModel, LocalObjectReference, cel
-from maas_operator.api.modelservice import MODEL_URI_PATTERN, SHA256_PATTERN
+from maas_operator.api.common import MODEL_URI_PATTERN, SHA256_PATTERN, ApiModel, LocalObjectReference
+from maas_operator.api.validation import Rule
 
 Method = Literal["full", "lora", "qlora"]
 Parallelism = Literal["ddp", "fsdp"]
@@ -59,43 +59,50 @@ class LoraSpec(ApiModel):
     default for the architecture. An unknown name fails the job at once (exit 64)."""
 
 
+def _size_context(cel_size: str) -> str:
+    return f"({cel_size} == 'small' ? {SIZE_CONTEXT_LENGTH['small']} : {SIZE_CONTEXT_LENGTH['tiny']})"
+
+
+# Each rule once, as CEL for the API server and as Python for pydantic (validation.Rule).
+RULES = [
+    Rule(
+        "has(self.baseModel) != has(self.architecture)",
+        "set exactly one of baseModel (fine-tune) or architecture (train from scratch)",
+        lambda lm: (lm.base_model is None) != (lm.architecture is None),
+    ),
+    Rule(
+        "!has(self.method) || self.method == 'full' || has(self.baseModel)",
+        "method: lora and qlora train an adapter on a baseModel; train an architecture with method full",
+        lambda lm: lm.method == "full" or lm.base_model is not None,
+        field_path=".method",
+    ),
+    Rule(
+        "!has(self.method) || self.method != 'qlora' || (has(self.parallelism) && self.parallelism == 'ddp')",
+        "parallelism: qlora needs ddp, as FSDP does not shard bitsandbytes' 4-bit weights",
+        lambda lm: lm.method != "qlora" or lm.parallelism == "ddp",
+        field_path=".parallelism",
+    ),
+    Rule(
+        "!has(self.mergeAdapter) || self.mergeAdapter || (has(self.method) && self.method != 'full')",
+        "mergeAdapter: applies to method lora and qlora only",
+        lambda lm: lm.merge_adapter or lm.method != "full",
+        field_path=".mergeAdapter",
+    ),
+    Rule(
+        "!has(self.architecture) || !has(self.sequenceLength) || self.sequenceLength <= "
+        + _size_context("(has(self.architecture.size) ? self.architecture.size : 'tiny')"),
+        "sequenceLength: must not exceed the architecture's context length "
+        f"(tiny {SIZE_CONTEXT_LENGTH['tiny']}, small {SIZE_CONTEXT_LENGTH['small']})",
+        lambda lm: lm.architecture is None or lm.sequence_length <= SIZE_CONTEXT_LENGTH[lm.architecture.size],
+        field_path=".sequenceLength",
+    ),
+]
+
+
 class CausalLMSpec(ApiModel):
     """Train a causal language model: fine-tune baseModel, or train architecture from scratch."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.baseModel) != has(self.architecture)",
-                    "set exactly one of baseModel (fine-tune) or architecture (train from scratch)",
-                ),
-                cel(
-                    "!has(self.method) || self.method == 'full' || has(self.baseModel)",
-                    "method lora and qlora train an adapter on a baseModel; train an architecture with method full",
-                    fieldPath=".method",
-                ),
-                cel(
-                    "!has(self.method) || self.method != 'qlora' || "
-                    "(has(self.parallelism) && self.parallelism == 'ddp')",
-                    "qlora needs parallelism ddp: FSDP does not shard bitsandbytes' 4-bit weights",
-                    fieldPath=".parallelism",
-                ),
-                cel(
-                    "!has(self.mergeAdapter) || self.mergeAdapter || (has(self.method) && self.method != 'full')",
-                    "mergeAdapter applies to method lora and qlora only",
-                    fieldPath=".mergeAdapter",
-                ),
-                cel(
-                    "!has(self.architecture) || !has(self.sequenceLength) || self.sequenceLength <= "
-                    f"(has(self.architecture.size) && self.architecture.size == 'small' ? "
-                    f"{SIZE_CONTEXT_LENGTH['small']} : {SIZE_CONTEXT_LENGTH['tiny']})",
-                    "sequenceLength must not exceed the architecture's context length "
-                    f"(tiny {SIZE_CONTEXT_LENGTH['tiny']}, small {SIZE_CONTEXT_LENGTH['small']})",
-                    fieldPath=".sequenceLength",
-                ),
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule.schema() for rule in RULES]})
 
     base_model: BaseModelSpec | None = None
     """The pretrained model to fine-tune."""
@@ -107,7 +114,7 @@ class CausalLMSpec(ApiModel):
     """Adapter settings for method lora and qlora."""
     merge_adapter: bool = True
     """For lora and qlora: also publish the base model with the adapter merged in, and serve that."""
-    parallelism: Parallelism = Field(default="fsdp", validate_default=True)
+    parallelism: Parallelism = "fsdp"
     """fsdp (PyTorch FSDP2: parameters, gradients and optimizer state sharded, one shard group per
     decoder layer) or ddp (a full replica per worker)."""
     sequence_length: int = Field(default=DEFAULT_SEQUENCE_LENGTH, ge=8, le=131_072)
@@ -121,41 +128,7 @@ class CausalLMSpec(ApiModel):
     """Recompute activations in the backward pass: less memory, about a third more compute."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> CausalLMSpec:
-        if (self.base_model is None) == (self.architecture is None):
-            raise ValueError("set exactly one of baseModel (fine-tune) or architecture (train from scratch)")
+    def _rules(self) -> CausalLMSpec:
+        for rule in RULES:
+            rule.enforce(self)
         return self
-
-    @field_validator("method")
-    @classmethod
-    def _adapter_needs_base(cls, method: Method, info: ValidationInfo) -> Method:
-        if method != "full" and info.data.get("base_model") is None:
-            raise ValueError(
-                "method lora and qlora train an adapter on a baseModel; train an architecture with method full"
-            )
-        return method
-
-    @field_validator("merge_adapter")
-    @classmethod
-    def _merge_needs_adapter(cls, merge: bool, info: ValidationInfo) -> bool:
-        if not merge and info.data.get("method") == "full":
-            raise ValueError("mergeAdapter applies to method lora and qlora only")
-        return merge
-
-    @field_validator("parallelism")
-    @classmethod
-    def _qlora_is_ddp(cls, parallelism: Parallelism, info: ValidationInfo) -> Parallelism:
-        if info.data.get("method") == "qlora" and parallelism != "ddp":
-            raise ValueError("qlora needs parallelism ddp: FSDP does not shard bitsandbytes' 4-bit weights")
-        return parallelism
-
-    @field_validator("sequence_length")
-    @classmethod
-    def _fits_architecture(cls, length: int, info: ValidationInfo) -> int:
-        architecture = info.data.get("architecture")
-        if architecture is not None and length > SIZE_CONTEXT_LENGTH[architecture.size]:
-            raise ValueError(
-                f"sequenceLength {length} exceeds the {architecture.size} architecture's context length "
-                f"{SIZE_CONTEXT_LENGTH[architecture.size]}"
-            )
-        return length

@@ -11,7 +11,8 @@ from typing import Final, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from maas_operator.api.causallm import CausalLMSpec
-from maas_operator.api.common import ApiModel, LocalObjectReference, cel
+from maas_operator.api.common import ApiModel, LocalObjectReference
+from maas_operator.api.validation import Rule
 
 ModelName = Literal["mlp", "cnn", "transformer"]
 _STORED = r"s3://[^/]+/.+|file:///.+|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+"
@@ -25,7 +26,14 @@ DEFAULT_GRADIENT_ACCUMULATION_STEPS: Final = 1
 DEFAULT_LR_SCHEDULE: Final = "cosine"
 DEFAULT_WARMUP_STEPS: Final = 0
 DEFAULT_MAX_GRAD_NORM: Final = 1.0
-_LM_HYPERPARAMETERS = ("gradientAccumulationSteps", "lrSchedule", "warmupSteps", "maxSteps", "evalEverySteps")
+_LM_HYPERPARAMETERS = (
+    "gradientAccumulationSteps",
+    "lrSchedule",
+    "warmupSteps",
+    "maxSteps",
+    "evalEverySteps",
+    "maxGradNorm",
+)
 _LM_DATASET_FIELDS = ("format", "validationUri", "streaming")
 
 
@@ -94,57 +102,74 @@ def _unset(owner: str, fields: tuple[str, ...]) -> str:
     return " && ".join(f"!has(self.{owner}.{name})" for name in fields)
 
 
+def _snake(camel: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+
+
+def _none_set(value: object, fields: tuple[str, ...]) -> bool:
+    return all(getattr(value, _snake(name)) is None for name in fields)
+
+
+_CLASSIFIER_DATA = ("sklearn:", "synthetic:classification")
+_LM_DATA = "synthetic:arithmetic"
+# Each rule once, as CEL for the API server and as Python for pydantic (validation.Rule).
+RULES = [
+    Rule(
+        "has(self.model) != has(self.causalLM)",
+        "set exactly one of model (a classifier) or causalLM (a language model)",
+        lambda t: (t.model is None) != (t.causal_lm is None),
+    ),
+    Rule(
+        "has(self.causalLM) || (" + _unset("dataset", _LM_DATASET_FIELDS) + ")",
+        "dataset: format, validationUri and streaming apply to causalLM only",
+        lambda t: t.causal_lm is not None or _none_set(t.dataset, _LM_DATASET_FIELDS),
+        field_path=".dataset",
+    ),
+    Rule(
+        "!has(self.causalLM) || (!has(self.dataset.labelColumn) && "
+        "(!has(self.dataset.featureColumns) || size(self.dataset.featureColumns) == 0))",
+        "dataset: labelColumn and featureColumns apply to classifiers (model) only",
+        lambda t: t.causal_lm is None or (t.dataset.label_column is None and not t.dataset.feature_columns),
+        field_path=".dataset",
+    ),
+    Rule(
+        "has(self.causalLM) || !has(self.hyperparameters) || (" + _unset("hyperparameters", _LM_HYPERPARAMETERS) + ")",
+        "hyperparameters: " + ", ".join(_LM_HYPERPARAMETERS) + " apply to causalLM only",
+        lambda t: t.causal_lm is not None or _none_set(t.hyperparameters, _LM_HYPERPARAMETERS),
+        field_path=".hyperparameters",
+    ),
+    Rule(
+        "has(self.causalLM) ? !("
+        + " || ".join(f"self.dataset.uri.startsWith('{prefix}')" for prefix in _CLASSIFIER_DATA)
+        + f") : !self.dataset.uri.startsWith('{_LM_DATA}')",
+        f"dataset.uri: {' and '.join(_CLASSIFIER_DATA)} data train classifiers (model); {_LM_DATA}, JSONL and "
+        "text train causal LMs (causalLM)",
+        lambda t: not t.dataset.uri.startswith(_CLASSIFIER_DATA if t.causal_lm is not None else (_LM_DATA,)),
+        field_path=".dataset.uri",
+    ),
+    Rule(
+        "!has(self.dataset.streaming) || !self.dataset.streaming || "
+        "(has(self.hyperparameters) && has(self.hyperparameters.maxSteps))",
+        "hyperparameters.maxSteps: a streamed dataset has no known length, so set maxSteps",
+        lambda t: not t.dataset.streaming or t.hyperparameters.max_steps is not None,
+        field_path=".hyperparameters",
+    ),
+    Rule(
+        "!has(self.hyperparameters) || !has(self.hyperparameters.validationSplit) || "
+        "(!has(self.dataset.validationUri) && !(has(self.dataset.streaming) && self.dataset.streaming))",
+        "hyperparameters.validationSplit: cannot be combined with dataset.validationUri or streaming",
+        lambda t: (
+            t.hyperparameters.validation_split is None or (t.dataset.validation_uri is None and not t.dataset.streaming)
+        ),
+        field_path=".hyperparameters",
+    ),
+]
+
+
 class TrainerSpec(ApiModel):
     """The built-in trainer, on Ray Train: a classifier from the catalogue, or a causal language model."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.model) != has(self.causalLM)",
-                    "set exactly one of model (a classifier) or causalLM (a language model)",
-                ),
-                cel(
-                    "has(self.causalLM) || (" + _unset("dataset", _LM_DATASET_FIELDS) + ")",
-                    "dataset format, validationUri and streaming apply to causalLM only",
-                    fieldPath=".dataset",
-                ),
-                cel(
-                    "!has(self.causalLM) || (!has(self.dataset.labelColumn) && "
-                    "(!has(self.dataset.featureColumns) || size(self.dataset.featureColumns) == 0))",
-                    "dataset labelColumn and featureColumns apply to classifiers (model) only",
-                    fieldPath=".dataset",
-                ),
-                cel(
-                    "has(self.causalLM) || !has(self.hyperparameters) || ("
-                    + _unset("hyperparameters", _LM_HYPERPARAMETERS)
-                    + " && !has(self.hyperparameters.maxGradNorm))",
-                    "hyperparameters " + ", ".join(_LM_HYPERPARAMETERS) + " and maxGradNorm apply to causalLM only",
-                    fieldPath=".hyperparameters",
-                ),
-                cel(
-                    "has(self.causalLM) ? !(self.dataset.uri.startsWith('sklearn:') || "
-                    "self.dataset.uri.startsWith('synthetic:classification')) "
-                    ": !self.dataset.uri.startsWith('synthetic:arithmetic')",
-                    "sklearn: and synthetic:classification data train classifiers; synthetic:arithmetic, "
-                    "JSONL and text train causal LMs",
-                    fieldPath=".dataset.uri",
-                ),
-                cel(
-                    "!has(self.dataset.streaming) || !self.dataset.streaming || "
-                    "(has(self.hyperparameters) && has(self.hyperparameters.maxSteps))",
-                    "a streamed dataset has no known length: set hyperparameters.maxSteps",
-                    fieldPath=".hyperparameters",
-                ),
-                cel(
-                    "!has(self.hyperparameters) || !has(self.hyperparameters.validationSplit) || "
-                    "(!has(self.dataset.validationUri) && !(has(self.dataset.streaming) && self.dataset.streaming))",
-                    "validationSplit cannot be combined with dataset.validationUri or streaming",
-                    fieldPath=".hyperparameters.validationSplit",
-                ),
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule.schema() for rule in RULES]})
 
     model: ModelName | None = None
     """A classifier: mlp (tabular data), cnn (images), or transformer (sequences)."""
@@ -155,31 +180,9 @@ class TrainerSpec(ApiModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
     @model_validator(mode="after")
-    def _consistent(self) -> TrainerSpec:
-        """The same rules as the CEL above, with the field named in the error."""
-        data, hp = self.dataset, self.hyperparameters
-        if (self.model is None) == (self.causal_lm is None):
-            raise ValueError("set exactly one of model (a classifier) or causalLM (a language model)")
-        if self.causal_lm is None:
-            lm_only = [name for name in _LM_DATASET_FIELDS if getattr(data, _snake(name)) is not None]
-            if lm_only:
-                raise ValueError(f"dataset.{lm_only[0]} applies to causalLM only")
-            knobs = [name for name in (*_LM_HYPERPARAMETERS, "maxGradNorm") if getattr(hp, _snake(name)) is not None]
-            if knobs:
-                raise ValueError(f"hyperparameters.{knobs[0]} applies to causalLM only")
-            if data.uri.startswith("synthetic:arithmetic"):
-                raise ValueError("dataset.uri: synthetic:arithmetic trains causal LMs (set causalLM)")
-        else:
-            if data.label_column is not None or data.feature_columns:
-                raise ValueError("dataset labelColumn and featureColumns apply to classifiers (model) only")
-            if data.uri.startswith(("sklearn", "synthetic:classification")):
-                raise ValueError(f"dataset.uri: {data.uri.split('?')[0]} trains classifiers, not causalLM")
-        if data.streaming and hp.max_steps is None:
-            raise ValueError("a streamed dataset has no known length: set hyperparameters.maxSteps")
-        if hp.validation_split is not None and (data.validation_uri is not None or data.streaming):
-            raise ValueError(
-                "hyperparameters.validationSplit cannot be combined with dataset.validationUri or streaming"
-            )
+    def _rules(self) -> TrainerSpec:
+        for rule in RULES:
+            rule.enforce(self)
         return self
 
     @property
@@ -191,7 +194,3 @@ class TrainerSpec(ApiModel):
         if self.causal_lm is None:
             return DEFAULT_VALIDATION_SPLIT
         return 0.0 if data.validation_uri is not None or data.streaming else DEFAULT_LM_VALIDATION_SPLIT
-
-
-def _snake(camel: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from maas_operator.api.common import describe_validation_error
+from maas_operator.api.quantity import whole_cpus
 from maas_operator.api.trainingjob import TrainingJobSpec
 from maas_workloads import contract
 from maas_workloads.train.errors import ConfigurationError
@@ -22,15 +22,6 @@ DATA_RESOURCE = "maas_data"
 DATA_TASKS_PER_WORKER = 4
 """Each worker pod advertises DATA_RESOURCE this many times: at most that many Ray Data tasks
 (a streamed dataset's reading and tokenizing) run on it at once, never on the head."""
-
-
-def _quantity_to_cpus(quantity: str | None) -> int:
-    """Whole CPUs for Ray from a Kubernetes CPU quantity (500m -> 1, 2 -> 2)."""
-    if quantity is None:
-        return 1
-    if quantity.endswith("m"):
-        return max(1, math.ceil(int(quantity[:-1]) / 1000))
-    return max(1, math.ceil(float(quantity)))
 
 
 @dataclass(frozen=True)
@@ -58,7 +49,7 @@ class JobContext:
 
     @property
     def cpus_per_worker(self) -> int:
-        return _quantity_to_cpus(self.spec.workers.resources.cpu)
+        return whole_cpus(self.spec.workers.resources.cpu)
 
     @property
     def gpus_per_worker(self) -> int:
