@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint format crds deploy bench e2e clean
+.PHONY: install run run-digits test unit lint format crds deploy bench e2e clean
 
 install: $(STAMP)
 
@@ -19,9 +19,13 @@ $(STAMP): pyproject.toml constraints.txt scripts/install-tools.sh
 	scripts/install-tools.sh $(BIN)
 	touch $(STAMP)
 
-# The main job, without a cluster: train the example TrainingJob on a local Ray cluster, then
-# serve its model with the example ModelService and send it a request.
+# The main job, without a cluster: train the example language model on a local Ray cluster
+# (FSDP on 2 workers), then serve it with the example ModelService and ask it a question.
 run: install
+	$(BIN)/maas run -f examples/llm-trainingjob.yaml -f examples/llm-modelservice.yaml
+
+# The same for the digits classifier: train, serve, one OIP request.
+run-digits: install
 	$(BIN)/maas run -f examples/trainingjob.yaml -f examples/modelservice.yaml
 
 test: install lint
@@ -53,6 +57,7 @@ bench: install
 	$(BIN)/python benchmarks/operator_scale.py
 	$(BIN)/python benchmarks/serve_throughput.py
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/llm_train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,8 +7,17 @@ import pathlib
 import pytest
 from pydantic import BaseModel
 
+from maas_operator.api import causallm as lm
 from maas_operator.api import modelservice as ms
-from maas_operator.api.trainingjob import CheckpointSpec, RunPolicy, TrainingJobSpec, TrainingJobStatus, WorkerSpec
+from maas_operator.api import trainer
+from maas_operator.api.trainingjob import (
+    CheckpointSpec,
+    ModelStatus,
+    RunPolicy,
+    TrainingJobSpec,
+    TrainingJobStatus,
+    WorkerSpec,
+)
 from maas_operator.status import kstatus
 from maas_operator.status import modelservice as service_states
 from maas_operator.status import trainingjob as states
@@ -28,6 +37,13 @@ def wire_names(model: type[BaseModel]) -> list[str]:
         CheckpointSpec,
         RunPolicy,
         TrainingJobStatus,
+        ModelStatus,
+        trainer.DatasetSpec,
+        trainer.Hyperparameters,
+        lm.CausalLMSpec,
+        lm.BaseModelSpec,
+        lm.ArchitectureSpec,
+        lm.LoraSpec,
         ms.ModelServiceSpec,
         ms.ModelSource,
         ms.AutoscalingSpec,
@@ -62,6 +78,7 @@ def test_readme_names_every_condition() -> None:
         assert f"`{condition}`" in README, condition
 
 
-def test_readme_starts_with_the_two_commands() -> None:
+def test_readme_starts_with_the_commands() -> None:
     block = README.split("```sh", 1)[1].split("```", 1)[0]
-    assert [line.split("#")[0].strip() for line in block.strip().splitlines()] == ["make run", "make test"]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["make run", "make run-digits", "make test"]

@@ -187,6 +187,7 @@ class LoraRuns:
     root: pathlib.Path
     two_workers: LocalJob
     one_worker: LocalJob
+    ddp: LocalJob
     base_sha256: str
     first_loss: float
     """The two-worker run's loss at its first report."""
@@ -195,8 +196,9 @@ class LoraRuns:
 @pytest.fixture(scope="module")
 def lora_runs(scratch_run: ScratchRun, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoraRuns]:
     """LoRA on the published tiny model, on sums of three-digit numbers it never saw: FSDP on 2 workers
-    (batch 4 each), then 1 worker accumulating two micro-batches of 4: the same global batches.
-    Plain SGD, whose updates (unlike Adam's) scale with the gradients, so a mis-scaled gradient shows."""
+    (batch 4 each); 1 worker accumulating two micro-batches of 4, with gradient checkpointing; DDP on
+    2 workers: the same global batches, so the same training. Plain SGD, whose updates (unlike
+    Adam's) scale with the gradients, so a mis-scaled gradient shows."""
     root = tmp_path_factory.mktemp("lora")
     data = write_chat(root / "train.jsonl", 400, seed=3, largest=999)
     validation = write_chat(root / "validation.jsonl", 32, seed=4, largest=999)
@@ -212,10 +214,12 @@ def lora_runs(scratch_run: ScratchRun, tmp_path_factory: pytest.TempPathFactory)
     two = lm_spec(causal_lm, dataset, **hyperparameters)
     one = lm_spec(causal_lm, dataset, **hyperparameters)
     one["trainer"]["hyperparameters"]["gradientAccumulationSteps"] = 2
+    one["trainer"]["causalLM"]["gradientCheckpointing"] = True
     one["workers"]["replicas"] = 1
+    ddp = lm_spec({**causal_lm, "parallelism": "ddp"}, dataset, **hyperparameters)
     jobs = [
-        LocalJob(root / "two", two, output_uri=(root / "two-out" / "model").as_uri()),
-        LocalJob(root / "one", one, output_uri=(root / "one-out" / "model").as_uri()),
+        LocalJob(root / name, job, output_uri=(root / f"{name}-out" / "model").as_uri())
+        for name, job in (("two", two), ("one", one), ("ddp", ddp))
     ]
     try:
         first_losses = []
@@ -224,7 +228,7 @@ def lora_runs(scratch_run: ScratchRun, tmp_path_factory: pytest.TempPathFactory)
             early = wait_for(lambda: (p := job.progress()) and "loss" in p["metrics"] and p, 300, "the first step", job)  # noqa: B023
             first_losses.append(early["metrics"]["loss"])
             assert job.wait(timeout=600) == contract.ExitCode.SUCCESS, job.log("head")[-4000:]
-        yield LoraRuns(root, jobs[0], jobs[1], base_sha256, first_losses[0])
+        yield LoraRuns(root, *jobs, base_sha256, first_losses[0])
     finally:
         for job in jobs:
             job.stop()
@@ -251,16 +255,18 @@ def test_lora_with_fsdp_publishes_the_merged_model_and_the_adapter(lora_runs: Lo
     assert changed and all(name.split(".")[-2] in ("q_proj", "v_proj", "down_proj") for name in changed)
 
 
-def test_two_fsdp_workers_match_one_worker(lora_runs: LoraRuns) -> None:
-    """The same global batches on 2 FSDP workers and on 1 worker accumulating 2 micro-batches.
+def test_two_fsdp_workers_match_one_worker_and_ddp(lora_runs: LoraRuns) -> None:
+    """The same global batches on 2 FSDP workers, on 1 worker accumulating 2 micro-batches (and
+    recomputing activations), and on 2 DDP workers.
 
-    Tolerance 1e-4 relative: the two runs add the same numbers in a different order (gloo's
-    all-reduce and reduce-scatter against local accumulation), which the torchrun peer measured
-    at about 3e-7 relative on these 8 steps; a wrong split is far outside it: halving the
-    gradients (averaging them once too often) moved the final loss by 14% in the same measurement,
-    and different data per step changes it from the first step.
+    Tolerance 1e-4 relative: the runs add the same numbers in a different order (gloo's all-reduce
+    and reduce-scatter against local accumulation), which the torchrun peer measured at about 3e-7
+    relative on these 8 steps; a wrong split is far outside it: halving the gradients (averaging
+    them once too often) moved the final loss by 14% in the same measurement, and different data
+    per step changes it from the first step.
     """
     two = lora_runs.two_workers.termination_message()["model"]["metrics"]
-    one = lora_runs.one_worker.termination_message()["model"]["metrics"]
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
-    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-4)
+    for other in (lora_runs.one_worker, lora_runs.ddp):
+        metrics = other.termination_message()["model"]["metrics"]
+        assert two["loss"] == pytest.approx(metrics["loss"], rel=1e-4)
+        assert two["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)

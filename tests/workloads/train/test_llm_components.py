@@ -44,10 +44,10 @@ def test_arithmetic_never_contains_a_held_out_pair() -> None:
     answers = [c["messages"][1]["content"] for c in synthetic.conversations(options)]
     assert len(answers) == 2000 and answers == [c["messages"][1]["content"] for c in synthetic.conversations(options)]
     for answer in answers:
-        a, b = (int(x) for x in answer.split(" = ")[0].split(" + "))
+        a, b = (int(x) for x in answer.split("so ")[1].split(" = ")[0].split(" + "))
         assert not synthetic.is_held_out(a, b) and 0 <= a <= 99 and 0 <= b <= 9
     question, expected = synthetic.held_out_question(options)
-    assert question not in questions and expected.startswith(question.removeprefix("What is ").rstrip("?"))
+    assert question not in questions and expected.endswith(question.removeprefix("What is ").rstrip("?") + " = " + expected.split(" = ")[-1])
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_chat_loss_covers_only_the_assistant_turn_and_its_end(tokenizer: Any) ->
     messages = synthetic.conversation(47, 8)
     ids, labels = encoding.Encoder(tokenizer, "chat", "assistant").encode({"messages": messages})
     learned = [token for token, label in zip(ids, labels, strict=True) if label != encoding.IGNORE_INDEX]
-    assert tokenizer.decode(learned) == f"47 + 8 = 55{TURN_END}\n"
+    assert tokenizer.decode(learned) == f"7 + 8 = 15, so 47 + 8 = 55{TURN_END}\n"
     assert encoding.Encoder(tokenizer, "chat", "all").encode({"messages": messages}) == (ids, ids)
 
 

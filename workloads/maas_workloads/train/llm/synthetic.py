@@ -1,9 +1,12 @@
 """`synthetic:arithmetic`: chat-formatted sums that a tiny model visibly learns in minutes on CPU.
 
 Each conversation asks for a + b (a two-digit number plus a one-digit one, by default) in one of
-a few phrasings; the assistant answers `a + b = sum`. Some (a, b) pairs are never generated: a
-question about them is held out, so a right answer shows the model learned to add rather than
-remembered the pair. Standard library only: `maas run` imports it to pick such a question.
+a few phrasings; the assistant shows its work, units first: `7 + 8 = 15, so 47 + 8 = 55`. (Asked
+for the sum alone, a 0.5M-parameter model needs several times more steps to get most unseen sums
+right; with the units written out, each step is a single-digit fact it has seen many times.)
+Some (a, b) pairs are never generated: a question about them is held out, so a right answer
+shows the model learned to add rather than remembered the pair. Standard library only: `maas run`
+imports it to pick such a question.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def conversation(a: int, b: int, phrasing: int = 0) -> list[Message]:
 
 
 def answer(a: int, b: int) -> str:
-    return f"{a} + {b} = {a + b}"
+    """The assistant's reply: the units' sum first, then the whole."""
+    return f"{a % 10} + {b} = {a % 10 + b}, so {a} + {b} = {a + b}"
 
 
 def conversations(options: ArithmeticOptions) -> Iterator[dict[str, Any]]:
