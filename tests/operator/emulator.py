@@ -1,15 +1,27 @@
-"""A Kubernetes API to test the operator against: KMock's emulator over real HTTP.
+"""A Kubernetes API to test the operator against: KMock's emulator over real HTTP, taught to
+answer like the API server where the operator's correctness depends on it.
 
-The emulator stores objects and streams watch events but runs no controllers, so tests
-play the kubelet and the Deployment controller by patching status themselves. It ignores
-label selectors, resourceVersion and field managers, and does not assign uids or
-timestamps: the helpers below fill in what the operator relies on.
+KMock stores objects and streams watch events but runs no controllers, so tests play the
+kubelet and the Deployment controller by patching status themselves. It ignores label
+selectors and resourceVersion. `ApiServer` adds, one switch per behaviour (`Switches`):
+
+- server-side apply with field managers (tests/operator/ssa.py says what is and is not modelled):
+  an apply creates a missing object, and fields a manager stops applying are removed unless
+  another manager also set them; metadata.generation counts spec changes;
+- admission: 422 for invalid names, labels, annotations, duplicate volumes and mount paths, and
+  a PodDisruptionBudget with both bounds (tests/operator/admission.py), 403 for a ResourceQuota
+  exceeded by a pod, 403 for an admission webhook's denial of a named object;
+- pods on lost nodes: their graceful deletion never finishes (deletionTimestamp set, the pod
+  stays) until a delete with gracePeriodSeconds 0 removes it, as with a node whose kubelet is gone.
+
+It also assigns uids and creation timestamps to created objects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import os
 import pathlib
@@ -19,10 +31,14 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import kmock
+
+from tests.operator import admission, ssa
 
 NAMESPACE = "team-a"
 GROUP_VERSION = "maas.dev/v1alpha1"
@@ -31,6 +47,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESOURCES: dict[str, dict[str, Any]] = {
     "apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinition", "namespaced": False},
     "v1/namespaces": {"kind": "Namespace", "namespaced": False},
+    "v1/nodes": {"kind": "Node", "namespaced": False},
     "v1/pods": {"kind": "Pod", "namespaced": True, "subresources": {"status"}},
     "v1/services": {"kind": "Service", "namespaced": True},
     "v1/events": {"kind": "Event", "namespaced": True},
@@ -43,6 +60,7 @@ RESOURCES: dict[str, dict[str, Any]] = {
     f"{GROUP_VERSION}/modelservices": {"kind": "ModelService", "namespaced": True, "subresources": {"status"}},
 }
 PATHS = {
+    "Node": "/api/v1/nodes",
     "Pod": "/api/v1/namespaces/{ns}/pods",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Event": "/api/v1/namespaces/{ns}/events",
@@ -70,6 +88,187 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
         )
 
 
+KINDS = {key.rsplit("/", 1)[1]: info["kind"] for key, info in RESOURCES.items()}
+"""Kind by plural."""
+WEBHOOK = "policy.example.com"
+
+
+@dataclass
+class Switches:
+    """How the emulated API server answers beyond storing objects: one switch per behaviour."""
+
+    server_side_apply: bool = True
+    """Apply PATCHes create missing objects and remove fields their manager stops applying (ssa.py)."""
+    validation: bool = True
+    """422 Invalid for the field errors admission.py models."""
+    quota: dict[str, int] = field(default_factory=dict)
+    """A ResourceQuota's hard limits on pods (e.g. {"requests.nvidia.com/gpu": 2}): 403 beyond them."""
+    denials: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) -> the reason an admission webhook gives for denying every write of that object (403)."""
+    lost_nodes: set[str] = field(default_factory=set)
+    """Nodes whose kubelet is gone: their pods' graceful deletion never completes."""
+
+
+def _error(status: int, reason: str, message: str, kind: str = "", name: str = "") -> Exception:
+    return kmock.KubernetesError(status=status, reason=reason, message=message, details={"kind": kind, "name": name})
+
+
+class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """KMock's emulator with the API server's behaviours that `switches` turns on."""
+
+    switches: Switches
+    ownership: dict[tuple[str, str | None, str], ssa.Ownership]
+    """Field managers' fields per object: (plural, namespace, name) -> ownership."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.switches = Switches()
+        self.ownership = {}
+        self._admission = asyncio.Lock()
+
+    async def _handle(self, request: Any) -> Any:
+        resource = request.resource
+        kind = KINDS.get(resource.plural) if resource is not None else None
+        if kind is None or request.action is None:
+            return await super()._handle(request)
+        action = str(request.action.value)
+        key = (str(resource.plural), request.namespace, request.name)
+        if action == "UPDATE" and request.subresource is None:
+            if "apply-patch" in request.headers.get("Content-Type", "") and self.switches.server_side_apply:
+                return await self._apply(request, kind, key)
+            return await self._update(request, kind, key)
+        if action == "CREATE":
+            return await self._create(request, kind)
+        if action == "DELETE" and kind == "Pod" and request.name:
+            lingering = await self._linger(request, key)
+            if lingering is not None:
+                return lingering
+        if action == "DELETE" and request.name:
+            self.ownership.pop(key, None)
+        return await super()._handle(request)
+
+    # --- the object store -------------------------------------------------------------
+    def _live(self, key: tuple[str, str | None, str | None]) -> dict[str, Any] | None:
+        for (resource, namespace, name), obj in self._objects.items():
+            if (resource.plural, namespace, name) == key and not obj.deleted:
+                return copy.deepcopy(obj.raw)
+        return None
+
+    def _stored(self, key: tuple[str, str | None, str | None]) -> Any:
+        return next(obj for (r, ns, n), obj in self._objects.items() if (r.plural, ns, n) == key)
+
+    async def _store(self, request: Any, key: tuple[str, str | None, str], body: dict[str, Any], new: bool) -> None:
+        """Save an object this class wrote itself, and tell the watchers (callers hold self._lock)."""
+        if new:
+            self._objects[request.resource, request.namespace, key[2]] = body
+        else:
+            self._stored(key).create(body)
+        await self._buses[request.resource].put({"type": "ADDED" if new else "MODIFIED", "object": body})
+
+    # --- writes -----------------------------------------------------------------------
+    def _admit(self, kind: str, obj: dict[str, Any], creating: bool) -> None:
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        denial = self.switches.denials.get((kind, name))
+        if denial is not None:
+            message = f'admission webhook "{WEBHOOK}" denied the request: {denial}'
+            raise _error(403, "Forbidden", message, kind, name)
+        if self.switches.validation:
+            errors = admission.object_errors(kind, obj, creating)
+            if errors:
+                raise _error(422, "Invalid", admission.invalid_message(kind, name, errors), kind, name)
+
+    async def _create(self, request: Any, kind: str) -> Any:
+        body: dict[str, Any] = request.data
+        self._admit(kind, body, creating=True)
+        metadata = body.setdefault("metadata", {})
+        metadata.setdefault("uid", str(uuid.uuid4()))
+        metadata.setdefault("creationTimestamp", now_rfc3339())
+        metadata.setdefault("generation", 1)
+        namespace = request.namespace or metadata.get("namespace")
+        key = (str(request.resource.plural), namespace, metadata.get("name"))
+        if kind == "Pod" and self.switches.quota:
+            async with self._admission:  # count and create as one step, as the quota admission plugin does
+                self._check_quota(namespace, body)
+                response = await super()._handle(request)
+        else:
+            response = await super()._handle(request)
+        if response.status in (200, 201):
+            self.ownership[key] = {}
+            ssa.record_update(self.ownership[key], request.params.get("fieldManager") or "unknown", None, body)
+        return response
+
+    def _check_quota(self, namespace: str | None, pod: dict[str, Any]) -> None:
+        pods = [
+            obj.raw
+            for (resource, ns, _), obj in self._objects.items()
+            if resource.plural == "pods" and ns == namespace and not obj.deleted
+        ]
+        refusal = admission.quota_refusal("test-quota", self.switches.quota, pods, pod)
+        if refusal is not None:
+            raise _error(403, "Forbidden", refusal, "pods", (pod.get("metadata") or {}).get("name", ""))
+
+    async def _update(self, request: Any, kind: str, key: tuple[str, str | None, str]) -> Any:
+        before = self._live(key)
+        patch = request.data if isinstance(request.data, dict) else {}
+        if before is not None:
+            after = ssa.merge(before, patch)
+            self._admit(kind, after, creating=False)
+            if after.get("spec") != before.get("spec") and "generation" not in (patch.get("metadata") or {}):
+                patch.setdefault("metadata", {})["generation"] = int(before["metadata"].get("generation") or 1) + 1
+        response = await super()._handle(request)
+        after_write = self._live(key)
+        if before is not None and after_write is not None:
+            manager = request.params.get("fieldManager") or "unknown"
+            ssa.record_update(self.ownership.setdefault(key, {}), manager, before, after_write)
+        return response
+
+    async def _apply(self, request: Any, kind: str, key: tuple[str, str | None, str]) -> Any:
+        manager = request.params.get("fieldManager")
+        if not manager:
+            raise _error(422, "Invalid", "PATCH apply requests need fieldManager", kind, key[2])
+        config = copy.deepcopy(request.data)
+        async with self._lock:
+            live = self._live(key)
+            ownership = copy.deepcopy(self.ownership.get(key, {}))
+            try:
+                result = ssa.apply(live, ownership, manager, config, request.params.get("force") == "true")
+            except ssa.ApplyConflict as conflict:
+                raise _error(409, "Conflict", str(conflict), kind, key[2]) from None
+            self._admit(kind, result, creating=live is None)
+            metadata = result.setdefault("metadata", {})
+            metadata["namespace"] = request.namespace
+            if live is None:
+                metadata.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
+            elif result.get("spec") != live.get("spec"):
+                metadata["generation"] = int(live["metadata"].get("generation") or 1) + 1
+            self.ownership[key] = ownership
+            if result != live:
+                await self._store(request, key, result, new=live is None)
+        # Stored; now answer as kmock would (a test's reactions first, e.g. a hang), bypassing
+        # KubernetesEmulator's own merge of the patch.
+        return await super(kmock.KubernetesEmulator, self)._handle(request)
+
+    async def _linger(self, request: Any, key: tuple[str, str | None, str]) -> Any | None:
+        """A graceful delete of a pod on a lost node: marked, never finished. None: delete normally."""
+        pod = self._live(key)
+        options = request.data if isinstance(request.data, dict) else {}
+        if pod is None or (pod.get("spec") or {}).get("nodeName") not in self.switches.lost_nodes:
+            return None
+        if options.get("gracePeriodSeconds") == 0:
+            return None
+        async with self._lock:
+            metadata = pod["metadata"]
+            if not metadata.get("deletionTimestamp"):
+                grace = options.get("gracePeriodSeconds")
+                if grace is None:
+                    grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+                ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=int(grace))
+                metadata["deletionTimestamp"] = ends.strftime("%Y-%m-%dT%H:%M:%SZ")
+                metadata["deletionGracePeriodSeconds"] = int(grace)
+                await self._store(request, key, pod, new=False)
+        return aiohttp.web.json_response(pod)
+
+
 def write_kubeconfig(url: str, directory: pathlib.Path) -> pathlib.Path:
     path = directory / "kubeconfig"
     path.write_text(
@@ -90,18 +289,25 @@ class Cluster:
         self.url = url.rstrip("/")
         self.session = session
 
+    @property
+    def switches(self) -> Switches:
+        switches: Switches = self.emulator.switches
+        return switches
+
     def path(self, kind: str, name: str | None = None, namespace: str = NAMESPACE) -> str:
-        base = self.url + PATHS[kind].format(ns=namespace)
+        base = self.url + PATHS[kind].format(ns=namespace)  # Node's path has no {ns}
         return f"{base}/{name}" if name else base
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         metadata = manifest.setdefault("metadata", {})
-        metadata.setdefault("namespace", NAMESPACE)
+        if manifest["kind"] != "Node":
+            metadata.setdefault("namespace", NAMESPACE)
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata.setdefault("creationTimestamp", now_rfc3339())
         metadata.setdefault("generation", 1)
         metadata.setdefault("resourceVersion", "1")  # kopf guards its JSON patches with it
-        async with self.session.post(self.path(manifest["kind"], namespace=metadata["namespace"]), json=manifest) as r:
+        path = self.path(manifest["kind"], namespace=metadata.get("namespace", NAMESPACE))
+        async with self.session.post(path, json=manifest) as r:
             assert r.status in (200, 201), await r.text()
             result: dict[str, Any] = await r.json()
             return result
@@ -123,11 +329,37 @@ class Cluster:
             item for item in items if all((item["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
         ]
 
-    async def patch(self, kind: str, name: str, patch: dict[str, Any], subresource: str | None = None) -> None:
+    async def patch(
+        self,
+        kind: str,
+        name: str,
+        patch: dict[str, Any],
+        subresource: str | None = None,
+        field_manager: str = "kubectl-edit",
+    ) -> None:
+        """A merge patch, as `kubectl edit`/`patch` or a controller (`field_manager`) makes it."""
         url = self.path(kind, name) + (f"/{subresource}" if subresource else "")
         headers = {"Content-Type": "application/merge-patch+json"}
-        async with self.session.patch(url, json=patch, headers=headers) as response:
+        params = {"fieldManager": field_manager}
+        async with self.session.patch(url, json=patch, headers=headers, params=params) as response:
             assert response.status == 200, await response.text()
+
+    async def apply(self, manifest: dict[str, Any], field_manager: str) -> tuple[int, dict[str, Any]]:
+        """A server-side apply (forced), as `kubectl apply --server-side` makes it: (HTTP status, body)."""
+        url = self.path(manifest["kind"], manifest["metadata"]["name"])
+        headers = {"Content-Type": "application/apply-patch+yaml"}
+        params = {"fieldManager": field_manager, "force": "true"}
+        async with self.session.patch(url, json=manifest, headers=headers, params=params) as response:
+            return response.status, await response.json()
+
+    async def add_node(self, name: str, ready: bool = True, unreachable: bool = False) -> None:
+        """A Node as the node lifecycle controller reports it (NotReady/Unknown and tainted once lost)."""
+        condition = {"type": "Ready", "status": "True" if ready else "Unknown"}
+        if not ready:
+            condition["message"] = "Kubelet stopped posting node status."
+        taints = [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}] if unreachable else []
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+        await self.create({**node, "spec": {"taints": taints}, "status": {"conditions": [condition]}})
 
     async def delete(self, kind: str, name: str) -> bool:
         async with self.session.delete(self.path(kind, name)) as response:
@@ -144,6 +376,16 @@ class Cluster:
             request
             for request in list(self.emulator)
             if (method is None or str(request.method).upper().endswith(method)) and path_part in str(request.url)
+        ]
+
+    def applies(self, path_part: str, field_manager: str = "maas-operator") -> list[Any]:
+        """Server-side applies of objects (not subresources) by `field_manager`, oldest first."""
+        return [
+            request
+            for request in self.requests("PATCH", path_part)
+            if "apply-patch" in request.headers.get("Content-Type", "")
+            and request.params.get("fieldManager") == field_manager
+            and request.subresource is None
         ]
 
     # --- playing the kubelet ----------------------------------------------------------
@@ -255,7 +497,7 @@ class OperatorProcess:
 
 @contextlib.asynccontextmanager
 async def running_cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+    async with ApiServer() as emulator, kmock.Server(emulator) as server:
         declare_resources(emulator)
         async with aiohttp.ClientSession() as session:
             yield Cluster(emulator, str(server.url), session)

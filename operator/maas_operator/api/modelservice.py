@@ -285,7 +285,7 @@ class ModelServiceSpec(PodOptions):
 
 # --- Status -------------------------------------------------------------------------------
 
-Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+Phase = Literal["Pending", "Progressing", "Ready", "ScaledToZero", "Degraded", "Failed"]
 
 
 class TrainingJobSource(ApiModel):
