@@ -465,6 +465,8 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT / "workloads")]),
             "MAAS_OPERATOR_RESYNC_SECONDS": "0.5",
+            "MAAS_OPERATOR_RESTART_BACKOFF_SECONDS": "0.2",
+            "MAAS_OPERATOR_FORCE_DELETE_AFTER_SECONDS": "1",
             "MAAS_OPERATOR_METRICS_PORT": "0",
             "MAAS_OPERATOR_HEALTH_PORT": "0",
             **self.extra_env,
