@@ -113,6 +113,13 @@ def _error(status: int, reason: str, message: str, kind: str = "", name: str = "
     return kmock.KubernetesError(status=status, reason=reason, message=message, details={"kind": kind, "name": name})
 
 
+def _created(response: Any) -> Any:
+    """The API server answers a create with 201 Created (kmock with 200)."""
+    if response.status == 200 and not response.prepared:
+        response.set_status(201)
+    return response
+
+
 class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
     """KMock's emulator with the API server's behaviours that `switches` turns on."""
 
@@ -195,6 +202,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         if response.status in (200, 201):
             self.ownership[key] = {}
             ssa.record_update(self.ownership[key], request.params.get("fieldManager") or "unknown", None, body)
+            response = _created(response)
         return response
 
     def _check_quota(self, namespace: str | None, pod: dict[str, Any]) -> None:
@@ -246,7 +254,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                 await self._store(request, key, result, new=live is None)
         # Stored; now answer as kmock would (a test's reactions first, e.g. a hang), bypassing
         # KubernetesEmulator's own merge of the patch.
-        return await super(kmock.KubernetesEmulator, self)._handle(request)
+        response = await super(kmock.KubernetesEmulator, self)._handle(request)
+        return _created(response) if live is None else response
 
     async def _linger(self, request: Any, key: tuple[str, str | None, str]) -> Any | None:
         """A graceful delete of a pod on a lost node: marked, never finished. None: delete normally."""

@@ -261,6 +261,8 @@ class _Planner(OutcomePlanner):
         # Created=True is recorded only once every pod exists.
         before_creation = self.status
         self.condition(CREATED, "True", "PodsCreated", message)
+        head = build.head_pod_name(self.job.owner.name)
+        self.condition(RUNNING, "False", "HeadStarting", f"waiting for the head pod {head} to run")
         self.update(phase="Restarting" if restarting else "Starting")
         self.status_after, self.status = self.status, before_creation
 
