@@ -155,21 +155,20 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         return await super()._handle(request)
 
     # --- the object store -------------------------------------------------------------
-    def _live(self, key: tuple[str, str | None, str | None]) -> dict[str, Any] | None:
-        for (resource, namespace, name), obj in self._objects.items():
-            if (resource.plural, namespace, name) == key and not obj.deleted:
-                return copy.deepcopy(obj.raw)
-        return None
+    def _live(self, request: Any) -> dict[str, Any] | None:
+        """A copy of the stored object the request names (None: there is none)."""
+        key = (request.resource, request.namespace, request.name)
+        if key not in self._objects or self._objects[key].deleted:
+            return None
+        return copy.deepcopy(self._objects[key].raw)
 
-    def _stored(self, key: tuple[str, str | None, str | None]) -> Any:
-        return next(obj for (r, ns, n), obj in self._objects.items() if (r.plural, ns, n) == key)
-
-    async def _store(self, request: Any, key: tuple[str, str | None, str], body: dict[str, Any], new: bool) -> None:
+    async def _store(self, request: Any, body: dict[str, Any], new: bool) -> None:
         """Save an object this class wrote itself, and tell the watchers (callers hold self._lock)."""
+        key = (request.resource, request.namespace, request.name)
         if new:
-            self._objects[request.resource, request.namespace, key[2]] = body
+            self._objects[key] = body
         else:
-            self._stored(key).create(body)
+            self._objects[key].create(body)
         await self._buses[request.resource].put({"type": "ADDED" if new else "MODIFIED", "object": body})
 
     # --- writes -----------------------------------------------------------------------
@@ -216,7 +215,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             raise _error(403, "Forbidden", refusal, "pods", (pod.get("metadata") or {}).get("name", ""))
 
     async def _update(self, request: Any, kind: str, key: tuple[str, str | None, str]) -> Any:
-        before = self._live(key)
+        before = self._live(request)
         patch = request.data if isinstance(request.data, dict) else {}
         if before is not None:
             after = ssa.merge(before, patch)
@@ -224,7 +223,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             if after.get("spec") != before.get("spec") and "generation" not in (patch.get("metadata") or {}):
                 patch.setdefault("metadata", {})["generation"] = int(before["metadata"].get("generation") or 1) + 1
         response = await super()._handle(request)
-        after_write = self._live(key)
+        after_write = self._live(request)
         if before is not None and after_write is not None:
             manager = request.params.get("fieldManager") or "unknown"
             ssa.record_update(self.ownership.setdefault(key, {}), manager, before, after_write)
@@ -236,7 +235,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             raise _error(422, "Invalid", "PATCH apply requests need fieldManager", kind, key[2])
         config = copy.deepcopy(request.data)
         async with self._lock:
-            live = self._live(key)
+            live = self._live(request)
             ownership = copy.deepcopy(self.ownership.get(key, {}))
             try:
                 result = ssa.apply(live, ownership, manager, config, request.params.get("force") == "true")
@@ -251,7 +250,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                 metadata["generation"] = int(live["metadata"].get("generation") or 1) + 1
             self.ownership[key] = ownership
             if result != live:
-                await self._store(request, key, result, new=live is None)
+                await self._store(request, result, new=live is None)
         # Stored; now answer as kmock would (a test's reactions first, e.g. a hang), bypassing
         # KubernetesEmulator's own merge of the patch.
         response = await super(kmock.KubernetesEmulator, self)._handle(request)
@@ -259,7 +258,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     async def _linger(self, request: Any, key: tuple[str, str | None, str]) -> Any | None:
         """A graceful delete of a pod on a lost node: marked, never finished. None: delete normally."""
-        pod = self._live(key)
+        pod = self._live(request)
         options = request.data if isinstance(request.data, dict) else {}
         if pod is None or (pod.get("spec") or {}).get("nodeName") not in self.switches.lost_nodes:
             return None
@@ -274,7 +273,7 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
                 ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=int(grace))
                 metadata["deletionTimestamp"] = ends.strftime("%Y-%m-%dT%H:%M:%SZ")
                 metadata["deletionGracePeriodSeconds"] = int(grace)
-                await self._store(request, key, pod, new=False)
+                await self._store(request, pod, new=False)
         return aiohttp.web.json_response(pod)
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from maas_operator import metrics
 from maas_operator.builders.events import event
 from maas_operator.builders.meta import Owner
-from maas_operator.handlers.runtime import ObjectState, Runtime
+from maas_operator.handlers.runtime import ObjectKey, ObjectState, Runtime
 from maas_operator.kube.client import KubeError
 from maas_operator.status.plan import Apply, ChildAction, Create, DeleteOwner, Event, Plan, rfc3339
 from maas_operator.status.pods import pod_view
@@ -39,6 +39,17 @@ class Outcome:
     """A write was refused in a new way: reconcile again now, so that status says so."""
     retry_at: datetime.datetime | None
     """When the earliest refused write may be retried."""
+
+
+def schedule_next(runtime: Runtime, key: ObjectKey, plan: Plan[Any], outcome: Outcome, now: datetime.datetime) -> None:
+    """Reconcile again: at once after a new refusal (so that status says so), when a refused
+    write may be retried, and when the plan's next time-based decision is due."""
+    if outcome.new_refusals:
+        runtime.queue.add(key)
+    elif outcome.retry_at is not None:
+        runtime.queue.add(key, max(0.0, (outcome.retry_at - now).total_seconds()))
+    if plan.requeue_after is not None:
+        runtime.queue.add(key, plan.requeue_after)
 
 
 def refused(error: KubeError) -> bool:

@@ -15,7 +15,7 @@ from maas_operator.api.modelservice import KIND, MAX_NAME_LENGTH, PLURAL, ModelS
 from maas_operator.api.trainingjob import PLURAL as TRAININGJOBS_PLURAL
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_MODELSERVICE, MANAGED_BY, Owner
 from maas_operator.builders.modelservice import deployment_name
-from maas_operator.handlers.execute import carry_out
+from maas_operator.handlers.execute import carry_out, schedule_next
 from maas_operator.handlers.runtime import (
     MODELSERVICES,
     TRAININGJOBS,
@@ -131,12 +131,7 @@ async def reconcile_modelservice(runtime: Runtime, key: ObjectKey) -> None:
         plan = plan_modelservice(view, observed, now, runtime.config.serving_image)
         outcome = await carry_out(plan, view.owner, body, runtime, now)
         record_transitions(view.status, plan.status)
-        if outcome.new_refusals:
-            runtime.queue.add(key)  # report the refusal in status at once
-        elif outcome.retry_at is not None:
-            runtime.queue.add(key, max(0.0, (outcome.retry_at - now).total_seconds()))
-        if plan.requeue_after is not None:
-            runtime.queue.add(key, plan.requeue_after)
+        schedule_next(runtime, key, plan, outcome, now)
         result = "ok"
     finally:
         metrics.RECONCILES.labels(kind=KIND, result=result).inc()

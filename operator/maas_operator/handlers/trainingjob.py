@@ -16,7 +16,7 @@ from maas_operator import metrics
 from maas_operator.api.trainingjob import KIND, MAX_NAME_LENGTH, PLURAL, TrainingJobSpec, TrainingJobStatus
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_TRAININGJOB, MANAGED_BY, Owner
 from maas_operator.builders.trainingjob import head_service_name
-from maas_operator.handlers.execute import carry_out
+from maas_operator.handlers.execute import carry_out, schedule_next
 from maas_operator.handlers.runtime import TRAININGJOB_PODS, TRAININGJOBS, ObjectKey, Runtime
 from maas_operator.kube.client import KubeError
 from maas_operator.status.attempts import Timing
@@ -118,12 +118,7 @@ async def reconcile_trainingjob(runtime: Runtime, key: ObjectKey) -> None:
         plan = plan_trainingjob(view, observed, now, runtime.config.training_image, timing(runtime))
         outcome = await carry_out(plan, view.owner, body, runtime, now)
         record_transitions(view.status, plan.status_after or plan.status, body["metadata"], now)
-        if outcome.new_refusals:
-            runtime.queue.add(key)  # report the refusal in status at once
-        elif outcome.retry_at is not None:
-            runtime.queue.add(key, max(0.0, (outcome.retry_at - now).total_seconds()))
-        if plan.requeue_after is not None:
-            runtime.queue.add(key, plan.requeue_after)
+        schedule_next(runtime, key, plan, outcome, now)
         result = "ok"
     finally:
         metrics.RECONCILES.labels(kind=KIND, result=result).inc()
