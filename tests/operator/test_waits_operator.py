@@ -82,7 +82,8 @@ async def _scaled(cluster: Cluster) -> dict[str, object] | None:
 
 @pytest.mark.operator_env(MAAS_OPERATOR_RESYNC_SECONDS="300")
 async def test_a_trainingjobs_success_is_served_on_its_event(cluster: Cluster, operator: OperatorProcess) -> None:
-    await cluster.create(trainingjob())
+    # cleanPodPolicy None: the status write that says Succeeded is the job's last event.
+    await cluster.create(trainingjob(runPolicy={"cleanPodPolicy": "None"}))
     await cluster.create(modelservice(model={"trainingJobRef": {"name": "digits"}}))
     await start_running(cluster)
     await wait_service(cluster, lambda s: service_condition(s, "ModelResolved").get("reason") is not None, "resolved")

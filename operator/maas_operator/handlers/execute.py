@@ -109,10 +109,8 @@ async def carry_out(
 async def _write(action: ChildAction, owner: Owner, state: ObjectState, runtime: Runtime) -> None:
     if isinstance(action, Create):
         await runtime.kube.create(action.manifest)
-        if action.manifest["kind"] == "Pod":
+        if action.manifest["kind"] == "Pod":  # a repeated create of anything else is a harmless 409
             state.expect_created(pod_view(action.manifest))
-        else:
-            state.remember(action.key, action.manifest)
     elif isinstance(action, Apply):
         applied = await runtime.kube.apply(action.manifest, action.field_manager)
         state.remember(action.key, applied or action.manifest)
