@@ -231,9 +231,7 @@ def per_kind(
             owner = owner_of(subject)  # created (POST) or applied (PATCH: created when missing)
             children_done[owner] = max(children_done.get(owner, 0.0), stamp)
     latencies = [children_done[name] - created_at[name] for name in created_at if name in children_done]
-    writes = sum(
-        n for key, n in by_verb.items() if key.split()[0] in ("POST", "PATCH") and key.split()[1] in children
-    )
+    writes = sum(n for key, n in by_verb.items() if key.split()[0] in ("POST", "PATCH") and key.split()[1] in children)
     # A TrainingJob's children: head and worker pods, head Service, NetworkPolicy.
     child_count = count * ((1 + WORKERS + 2) if prefix == "job-" else len(children))
     return {

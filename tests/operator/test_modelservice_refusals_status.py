@@ -33,13 +33,10 @@ from tests.operator.test_modelservice_status import (
     succeeded_job,
 )
 
-INVALID = (
-    'Deployment.apps "digits" is invalid: spec.template.metadata.labels: Invalid value: "bad value!": '
-    "a valid label must be an empty string or consist of alphanumeric characters"
-)
+DENIED = 'admission webhook "policy.example.com" denied the request: the team label must name a cost center'
 
 
-NOT_IN_EFFECT = f"generation 4 is not in effect: the API server refused deployment digits: {INVALID}"
+NOT_IN_EFFECT = f"generation 4 is not in effect: the API server refused deployment digits: {DENIED}"
 
 
 def with_refusals(
@@ -52,20 +49,18 @@ def with_refusals(
 def test_a_refused_update_is_not_reported_as_applied() -> None:
     ready, children = serving(spec())
     assert ready.status.observed_generation == 3 and ready.status.phase == "Ready"
-    edited = spec(labels={"team": "bad value!"})
-    refusal = Refusal("Deployment", "digits", "apply", 422, "Invalid", INVALID, fingerprint(1), NOW, NOW)
+    edited = spec(labels={"team": "serving"})
+    refusal = Refusal("Deployment", "digits", "apply", 403, "Forbidden", DENIED, fingerprint(1), NOW, NOW)
     refused = with_refusals(edited, ready.status, children, 4, refusal)
     assert refused.status.observed_generation == 3 and refused.status_after is None, "generation 4 is not in effect"
     for condition_type, status in ((READY, "False"), (PROGRESSING, "False"), (DEGRADED, "True")):
         found = condition(refused, condition_type)
         assert found[:2] == (status, "ChildRejected")
-        assert found[2].startswith(
-            f"generation 4 is not in effect: the API server refused deployment digits: {INVALID}"
-        )
+        assert found[2].startswith(NOT_IN_EFFECT)
         assert found[2].endswith("the previous configuration keeps serving (2 pod(s) available)")
     assert refused.status.phase == "Degraded"
     assert [type(a) for a in refused.actions] == [Apply], "the write is still wanted (retried with backoff)"
-    fixed = plan(spec(labels={"team": "serving"}), refused.status, children)
+    fixed = plan(spec(labels={"team": "cc-1234"}), refused.status, children)
     assert fixed.status.observed_generation == 3 and fixed.status_after is not None
     assert fixed.status_after.observed_generation == 3 and condition(fixed, DEGRADED)[0] == "False"
 

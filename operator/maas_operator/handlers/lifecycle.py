@@ -21,6 +21,7 @@ from maas_operator.handlers.runtime import (
     modelservice_children_index,
 )
 from maas_operator.handlers.trainingjob import reconcile_trainingjob
+from maas_operator.state_metrics import StateCollector
 
 log = logging.getLogger(__name__)
 INDICES = (
@@ -47,6 +48,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
         config, {TRAININGJOB: reconcile_trainingjob, MODELSERVICE: reconcile_modelservice}, indices
     )
     memo.resync = asyncio.create_task(memo.runtime.resync_forever(), name="resync")
+    memo.state_metrics = StateCollector(memo.runtime.snapshot)
+    metrics.REGISTRY.register(memo.state_metrics)
     metrics.serve(config.metrics_port)
     log.info("maas-operator started with %s", config.model_dump())
 
@@ -56,6 +59,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     resync: asyncio.Task[None] | None = getattr(memo, "resync", None)
     if resync is not None:
         resync.cancel()
+    state_metrics: StateCollector | None = getattr(memo, "state_metrics", None)
+    if state_metrics is not None:
+        metrics.REGISTRY.unregister(state_metrics)
     runtime: Runtime | None = getattr(memo, "runtime", None)
     if runtime is not None:
         await runtime.stop()

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from maas_operator import metrics
-from maas_operator.api.modelservice import KIND, MAX_NAME_LENGTH, PLURAL, ModelServiceSpec, ModelServiceStatus
+from maas_operator.api.modelservice import KIND, NAME_RULES, PLURAL, ModelServiceSpec, ModelServiceStatus
 from maas_operator.api.trainingjob import PLURAL as TRAININGJOBS_PLURAL
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_MODELSERVICE, MANAGED_BY, Owner
 from maas_operator.builders.modelservice import deployment_name
@@ -89,7 +89,7 @@ async def trainingjob_changed(name: str, namespace: str | None, memo: kopf.Memo,
 
 
 def modelservice_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> ModelServiceView:
-    return object_view(body, cached_status, KIND, MAX_NAME_LENGTH, ModelServiceSpec, ModelServiceStatus)
+    return object_view(body, cached_status, KIND, NAME_RULES, ModelServiceSpec, ModelServiceStatus)
 
 
 def observe(runtime: Runtime, owner: Owner, spec: Mapping[str, Any]) -> Observed:

@@ -207,6 +207,7 @@ class Runtime:
         return body
 
     def keys(self) -> list[ObjectKey]:
+        """Every watched custom resource (safe from other threads: the key lists are copied in one step)."""
         return [
             (kind, namespace, name)
             for kind, index in (("TrainingJob", TRAININGJOBS), ("ModelService", MODELSERVICES))
@@ -239,6 +240,25 @@ class Runtime:
             body = self.body(key)
             if key[0] == kind and key[1] == namespace and body is not None and refers_to(body):
                 self.queue.add(key)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every custom resource as watched, with the status we last wrote (never staler); any thread.
+
+        Copies are taken without awaiting, so a concurrent change on the event loop makes an
+        object missing from this snapshot at worst, never a crash.
+        """
+        objects = dict(self.objects)
+        found = []
+        for key in self.keys():
+            try:
+                body = self.body(key)
+            except (KeyError, RuntimeError):  # changed on the loop while we read
+                continue
+            if body is None:
+                continue
+            state = objects.get(body["metadata"].get("uid", ""))
+            found.append({**body, "status": state.status} if state is not None and state.status is not None else body)
+        return found
 
     def state(self, uid: str) -> ObjectState:
         return self.objects[uid]

@@ -14,6 +14,7 @@ from maas_operator.api import conditions
 from maas_operator.api.modelservice import ModelServiceSpec, ModelServiceStatus, Phase, ReplicasStatus, ServedModel
 from maas_operator.builders import modelservice as build
 from maas_operator.builders.meta import Owner
+from maas_operator.status import kstatus
 from maas_operator.status.model_source import Resolution, describe, same_artifact
 from maas_operator.status.plan import Action, ChildKey, Event, Plan, Refusal, describe_refusals
 from maas_operator.status.rollout import (
@@ -99,9 +100,10 @@ class ServicePlanner(StatusPlanner[ModelServiceStatus]):
         return [pod for pod in self.pods if pod.track == track]
 
     def result(self) -> Plan[ModelServiceStatus]:
-        return Plan(
-            self.status, list(self.actions), self.events, self.status_after, self.events_after, self.requeue_after
-        )
+        """The plan, every status in it judged for kstatus (Reconciling, Stalled)."""
+        status = kstatus.judged(self.status, self.stamp, self.generation)
+        after = kstatus.judged(self.status_after, self.stamp, self.generation) if self.status_after else None
+        return Plan(status, list(self.actions), self.events, after, self.events_after, self.requeue_after)
 
     def announce(self, reason: str, message: str) -> None:
         """An Event about writes of this plan: posted only once they all succeeded."""

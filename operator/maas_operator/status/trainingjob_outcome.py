@@ -18,6 +18,7 @@ from maas_operator.api.trainingjob import (
     TrainingJobSpec,
     TrainingJobStatus,
 )
+from maas_operator.status import kstatus
 from maas_operator.status.attempts import HeadFailure, Timing, parse_termination_message
 from maas_operator.status.plan import (
     ChildKey,
@@ -85,9 +86,10 @@ class OutcomePlanner(StatusPlanner[TrainingJobStatus]):
         self.actions.extend(Delete("v1", "Pod", pod.name) for pod in pods if not pod.deleting)
 
     def result(self) -> Plan[TrainingJobStatus]:
-        return Plan(
-            self.status, list(self.actions), self.events, self.status_after, self.events_after, self.requeue_after
-        )
+        """The plan, every status in it judged for kstatus (Reconciling, Stalled)."""
+        status = kstatus.judged(self.status, self.stamp, self.generation)
+        after = kstatus.judged(self.status_after, self.stamp, self.generation) if self.status_after else None
+        return Plan(status, list(self.actions), self.events, after, self.events_after, self.requeue_after)
 
     def requeue(self, seconds: float) -> None:
         self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
