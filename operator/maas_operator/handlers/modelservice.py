@@ -85,7 +85,7 @@ async def trainingjob_changed(name: str, namespace: str | None, memo: kopf.Memo,
     Runs on the TrainingJob's own watch event (the index already holds its new body), not at a resync.
     """
     runtime: Runtime = memo.runtime
-    runtime.dependents(KIND, namespace or "", lambda body: name in referenced_trainingjobs(body.get("spec") or {}))
+    runtime.dependents(namespace or "", lambda body: name in referenced_trainingjobs(body.get("spec") or {}))
 
 
 def modelservice_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> ModelServiceView:

@@ -233,13 +233,15 @@ class Runtime:
         if self.body(owner) is not None:
             self.queue.add(owner)
 
-    def dependents(self, kind: str, namespace: str, refers_to: Callable[[dict[str, Any]], bool]) -> None:
-        """Queue every object of `kind` in `namespace` whose body satisfies `refers_to`."""
+    def dependents(self, namespace: str, refers_to: Callable[[dict[str, Any]], bool]) -> None:
+        """Queue every ModelService in `namespace` whose body satisfies `refers_to`."""
         self.synced()
-        for key in self.keys():
-            body = self.body(key)
-            if key[0] == kind and key[1] == namespace and body is not None and refers_to(body):
-                self.queue.add(key)
+        for index_key in self.watched.keys(MODELSERVICES):
+            if index_key[0] != namespace:
+                continue
+            body = self.watched.one(MODELSERVICES, index_key)
+            if body is not None and refers_to(body):
+                self.queue.add(("ModelService", *index_key))
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every custom resource as watched, with the status we last wrote (never staler); any thread.
