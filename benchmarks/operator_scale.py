@@ -31,8 +31,8 @@ import kmock
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "workloads")]
 
+from tests.operator.apiserver import ApiServer  # noqa: E402
 from tests.operator.emulator import (  # noqa: E402
-    ApiServer,
     Cluster,
     OperatorProcess,
     declare_resources,
