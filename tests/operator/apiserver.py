@@ -167,18 +167,18 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             raise _error(403, "Forbidden", refusal, "pods", (pod.get("metadata") or {}).get("name", ""))
 
     async def _update(self, request: Any, kind: str, key: tuple[str, str | None, str]) -> Any:
+        """A merge patch: admitted as merged, owned by its manager for exactly what it changes."""
         before = self._live(request)
         patch = request.data if isinstance(request.data, dict) else {}
-        if before is not None:
-            after = ssa.merge(before, patch)
+        after = ssa.merge(before, patch) if before is not None else None
+        if before is not None and after is not None:
             self._admit(kind, after, creating=False)
             if after.get("spec") != before.get("spec") and "generation" not in (patch.get("metadata") or {}):
                 patch.setdefault("metadata", {})["generation"] = int(before["metadata"].get("generation") or 1) + 1
         response = await super()._handle(request)
-        after_write = self._live(request)
-        if before is not None and after_write is not None:
+        if before is not None and after is not None and response.status == 200:
             manager = request.params.get("fieldManager") or "unknown"
-            ssa.record_update(self.ownership.setdefault(key, {}), manager, before, after_write)
+            ssa.record_update(self.ownership.setdefault(key, {}), manager, before, after)
         return response
 
     async def _apply(self, request: Any, kind: str, key: tuple[str, str | None, str]) -> Any:

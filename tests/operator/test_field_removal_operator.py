@@ -68,8 +68,14 @@ async def test_every_removed_optional_field_leaves_the_children(cluster: Cluster
     await cluster.patch("ModelService", "digits", {"spec": {**removed, "autoscaling": {"behavior": None}}})
 
     async def converged() -> dict[str, dict[str, Any]] | None:
-        found = await children(cluster)
-        return found if "behavior" not in found["HorizontalPodAutoscaler"]["spec"] else None
+        found = await children(cluster)  # read one after another: each must show the edit
+        done = (
+            "nodeSelector" not in template(found["Deployment"])["spec"]
+            and "behavior" not in found["HorizontalPodAutoscaler"]["spec"]
+            and "minAvailable" not in found["PodDisruptionBudget"]["spec"]
+            and "example.com/load-balancer" not in (found["Service"]["metadata"].get("annotations") or {})
+        )
+        return found if done else None
 
     after = await wait_for(converged, what="the children without the removed fields")
     pod = template(after["Deployment"])
