@@ -179,3 +179,24 @@ METRIC_LLM_WAITING: Final = "vllm:num_requests_waiting"
 """Requests waiting for a sequence slot: the autoscaling signal for LLMs (vLLM production stack: 5 per pod)."""
 METRIC_LLM_KV_CACHE_USAGE: Final = "vllm:kv_cache_usage_perc"
 """Fraction (0..1) of the KV cache held by running sequences."""
+
+# --- LLM serving metrics -------------------------------------------------------------------
+# vLLM's OpenAI server exports these (label VLLM_MODEL_LABEL on each); every LLM engine a
+# ModelService runs (builtin and vllm) exports the same names, so the chart's alerts and
+# dashboards and any HPA rule serve both. Family names as prometheus_client takes them: a
+# counter `x` is exposed as `x_total`, a histogram `x` as `x_bucket`, `x_sum`, `x_count`.
+# Source: vLLM's metrics documentation (v1 engine); the LLM server imports this table.
+VLLM_MODEL_LABEL: Final = "model_name"
+VLLM_METRICS: Final[dict[str, str]] = {
+    "vllm:num_requests_running": "gauge",
+    "vllm:num_requests_waiting": "gauge",
+    "vllm:kv_cache_usage_perc": "gauge",
+    "vllm:time_to_first_token_seconds": "histogram",
+    "vllm:inter_token_latency_seconds": "histogram",
+    "vllm:e2e_request_latency_seconds": "histogram",
+    "vllm:request_queue_time_seconds": "histogram",
+    "vllm:prompt_tokens": "counter",
+    "vllm:generation_tokens": "counter",
+    "vllm:request_success": "counter",
+}
+"""Metric family name -> Prometheus type. `vllm:request_success` also carries `finished_reason`."""
