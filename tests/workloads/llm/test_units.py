@@ -7,12 +7,15 @@ import types
 
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
+from maas_workloads import contract
 from maas_workloads.artifact import ArtifactError
 from maas_workloads.serve.llm import settings as llm_settings
 from maas_workloads.serve.llm.admission import Slots
 from maas_workloads.serve.llm.engine import cache_shape
 from maas_workloads.serve.llm.errors import OpenAIError
+from maas_workloads.serve.llm.metrics import LLMMetrics
 from maas_workloads.serve.llm.sampling import gumbel_noise, token_key
 from maas_workloads.serve.llm.text import TextStream
 from maas_workloads.serve.settings import SettingsError, parse
@@ -111,3 +114,14 @@ def test_kv_cache_is_sized_from_configuration_and_capped() -> None:
     small = llm_settings.from_values({"kv_cache_bytes": "4096"})
     with pytest.raises(ArtifactError, match="MAAS_KV_CACHE_BYTES"):
         cache_shape(_config(), torch.float32, small, max_model_len=256)
+
+
+def test_every_vllm_metric_of_the_contract_is_exported_with_its_type() -> None:
+    metrics = LLMMetrics("m")
+    metrics.watch(lambda: 0, lambda: 0, lambda: 0)
+    metrics.finished("stop")
+    families = {family.name: family for family in text_string_to_metric_families(metrics.exposition().decode())}
+    for name, kind in contract.VLLM_METRICS.items():
+        assert name in families and families[name].type == kind, name
+        labels = families[name].samples[0].labels
+        assert labels[contract.VLLM_MODEL_LABEL] == "m", name

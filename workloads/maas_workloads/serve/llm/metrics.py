@@ -17,6 +17,7 @@ from maas_workloads.contract import (
     METRIC_LLM_WAITING,
     METRIC_QUEUE_DEPTH,
     METRIC_REQUESTS_TOTAL,
+    VLLM_MODEL_LABEL,
 )
 
 ENGINE = "0"
@@ -34,7 +35,7 @@ class LLMMetrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self._model = model_name
-        vllm = ["model_name", "engine"]
+        vllm = [VLLM_MODEL_LABEL, "engine"]
         labels = (model_name, ENGINE)
 
         def gauge(name: str, text: str) -> Gauge:
