@@ -115,9 +115,13 @@ def contenders(model_dir: pathlib.Path, port: int, threads: int) -> dict[str, tu
 
 
 async def _one(http: httpx.AsyncClient, url: str, model: str, tokens: int) -> tuple[float, list[float], int]:
-    body = {"model": model, "messages": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True}
+    body = {
+        "model": model, "messages": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True,
+        "stream_options": {"include_usage": True},
+    }  # fmt: skip
     started = time.perf_counter()
     stamps: list[float] = []
+    generated = 0
     async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -127,7 +131,10 @@ async def _one(http: httpx.AsyncClient, url: str, model: str, tokens: int) -> tu
             choices = chunk.get("choices") or []
             if choices and (choices[0].get("delta") or {}).get("content"):
                 stamps.append(time.perf_counter())
-    return (stamps[0] - started if stamps else float("nan")), stamps, len(stamps)
+            if chunk.get("usage"):
+                generated = chunk["usage"]["completion_tokens"]
+    # A chunk may carry several tokens when a server falls behind: count tokens from usage when reported.
+    return (stamps[0] - started if stamps else float("nan")), stamps, generated or len(stamps)
 
 
 async def load(url: str, model: str, concurrency: int, seconds: float, tokens: int) -> dict[str, float]:

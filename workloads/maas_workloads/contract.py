@@ -170,6 +170,11 @@ ENV_KV_CACHE_BYTES: Final = "MAAS_KV_CACHE_BYTES"
 ENV_BLOCK_SIZE: Final = "MAAS_BLOCK_SIZE"
 ENV_MAX_NUM_BATCHED_TOKENS: Final = "MAAS_MAX_NUM_BATCHED_TOKENS"
 ENV_DTYPE: Final = "MAAS_DTYPE"
+FETCH_COMMAND: Final = ("python", "-m", "maas_workloads.fetch")
+"""The init container of LLM pods: fetch and verify the model into the cache, then the engine starts."""
+ENV_FETCH_DESTINATION: Final = "MAAS_FETCH_DESTINATION"
+ENV_LORA_ADAPTERS: Final = "MAAS_LORA_ADAPTERS"
+"""JSON list of {name, uri, sha256}: adapters fetched to `<destination>-lora-<name>`."""
 DEFAULT_MAX_NUM_SEQS: Final = 32
 DEFAULT_KV_CACHE_BYTES: Final = 1 << 30
 """1 GiB, as the vLLM CPU build's VLLM_CPU_KVCACHE_SPACE=1 that bounded it on a 2-core machine."""
