@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import httpx
 import openai
@@ -17,11 +18,11 @@ from maas_operator.builders import modelservice as build
 from maas_operator.builders.meta import Owner
 from maas_workloads import contract
 from maas_workloads.artifact import sha256_file
+from tests.workloads.llm.conftest import TOKEN, local_env, run_fetch
 from tests.workloads.serve.conftest import ROOT, Server
 
 pytestmark = pytest.mark.slow
 OWNER = Owner("ModelService", "assistant", "team-a", "uid-assistant")
-TOKEN = "pod-token"
 
 
 def rendered(model_dir: pathlib.Path) -> tuple[dict[str, object], str]:
@@ -41,23 +42,11 @@ def rendered(model_dir: pathlib.Path) -> tuple[dict[str, object], str]:
     return template, hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
 
 
-def local_env(container: dict[str, object], cache: pathlib.Path) -> dict[str, str]:
-    """The container's variables, with the cache mount mapped onto a directory here."""
-    env: dict[str, str] = {}
-    for variable in container["env"]:  # type: ignore[attr-defined]
-        secret = variable.get("valueFrom", {}).get("secretKeyRef")
-        value = TOKEN if secret else variable["value"]
-        env[variable["name"]] = value.replace(contract.MODEL_CACHE_MOUNT, str(cache))
-    return env
-
-
 def test_the_operators_llm_pod_runs_fetch_then_the_server(llama_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     template, metric = rendered(llama_dir)
-    pod = template["spec"]  # type: ignore[index]
+    pod: dict[str, Any] = template["spec"]  # type: ignore[assignment]
     cache = tmp_path / "cache"
-    (init,) = pod["initContainers"]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT / "workloads"), **local_env(init, cache)}
-    subprocess.run(init["command"], env=environment, check=True, timeout=120)
+    run_fetch(pod, cache)
 
     server_container = pod["containers"][0]
     assert server_container["command"] == list(contract.SERVE_COMMAND)
