@@ -149,3 +149,31 @@ def _parameter_count(directory: pathlib.Path) -> int | None:
                     count *= dimension
                 total += count
     return total if files else None
+
+
+def merge_lora_adapter(
+    adapter_dir: pathlib.Path, base_dir: pathlib.Path, destination: pathlib.Path
+) -> tuple[artifact.CausalLMManifest, str]:
+    """Apply a verified LoRA adapter artifact to its verified base artifact and publish the merged
+    causal LM (PEFT's merge_and_unload) at `destination`, so any engine serves it as a plain model.
+
+    The merged manifest names the adapter's producer as its source. Returns it and its sha256;
+    raises ArtifactError when either directory is not the expected format.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter, _ = artifact.load_manifest(adapter_dir)
+    base, base_sha256 = artifact.load_manifest(base_dir)
+    if not isinstance(adapter, artifact.AdapterManifest) or not isinstance(base, artifact.CausalLMManifest):
+        raise artifact.ArtifactError("merging needs a peft-lora adapter and an hf-causal-lm base")
+    if base_sha256 != adapter.base_model.sha256:
+        raise artifact.ArtifactError(
+            f"the adapter applies to the base model with manifest sha256 {adapter.base_model.sha256}, "
+            f"not to {base_sha256}"
+        )
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    return save_causal_lm(merged, tokenizer, destination, source=adapter.source, metrics=adapter.metrics)

@@ -6,7 +6,9 @@ The engine (ours or vLLM) then starts from local disk. The artifact is staged ne
 destination and renamed into place only once every file matches the manifest, so a reader
 never sees a partial copy; a destination that already holds the verified artifact (a PVC
 cache shared by replicas and restarts) is used as it is, without downloading again.
-LoRA adapters named in MAAS_LORA_ADAPTERS (JSON: [{"name", "uri", "sha256"}]) go to
+An artifact that is a LoRA adapter (format peft-lora) is merged into the base model it
+names (fetched and verified the same way), so either engine serves the fine-tune as a plain
+causal LM. LoRA adapters named in MAAS_LORA_ADAPTERS (JSON: [{"name", "uri", "sha256"}]) go to
 `<destination>-lora-<name>` the same way.
 
 Exit codes as for training pods (contract.ExitCode): 64 for an artifact that can never
@@ -26,7 +28,8 @@ import tempfile
 from typing import Final
 
 from maas_workloads import contract, storage
-from maas_workloads.artifact import ArtifactError, verify
+from maas_workloads.artifact import AdapterManifest, ArtifactError, verify
+from maas_workloads.causal_lm import merge_lora_adapter
 from maas_workloads.serve import sources
 
 ENV_DESTINATION: Final = contract.ENV_FETCH_DESTINATION
@@ -34,8 +37,11 @@ ENV_LORA_ADAPTERS: Final = contract.ENV_LORA_ADAPTERS
 log = logging.getLogger("maas.fetch")
 
 
-def fetch(uri: str, destination: pathlib.Path, expected_sha256: str | None) -> bool:
+def fetch(uri: str, destination: pathlib.Path, expected_sha256: str | None, *, merge_adapter: bool = True) -> bool:
     """Make `destination` a verified copy of the artifact at `uri`; returns False on a cache hit.
+
+    With `merge_adapter`, a LoRA adapter artifact becomes its base model with the adapter merged
+    (a causal LM); without, it is copied as it is (adapters vLLM serves by name).
 
     Raises ArtifactError when the artifact does not match its manifest or the pin, and
     sources.SourceError when it cannot be fetched.
@@ -55,7 +61,13 @@ def fetch(uri: str, destination: pathlib.Path, expected_sha256: str | None) -> b
             fetched.rename(target)
         else:  # a local directory or mounted volume: copy it onto the cache volume
             shutil.copytree(fetched, target)
-        verify(target, expected_sha256)
+        manifest = verify(target, expected_sha256)
+        if merge_adapter and isinstance(manifest, AdapterManifest):
+            # A fine-tune that published only its LoRA adapter: fetch the base it names and serve the merge.
+            base = staging / "base"
+            fetch(manifest.base_model.uri, base, manifest.base_model.sha256)
+            adapter, target = target, staging / "merged"
+            merge_lora_adapter(adapter, base, target)
         if destination.exists():  # another pod (same PVC) got there first, or a stale copy
             shutil.rmtree(destination)
         target.rename(destination)
@@ -73,14 +85,14 @@ def main() -> int:
         return contract.ExitCode.CONFIGURATION_ERROR
     try:
         adapters = json.loads(os.environ.get(ENV_LORA_ADAPTERS) or "[]")
-        jobs = [(uri, pathlib.Path(destination), os.environ.get(contract.ENV_MODEL_SHA256) or None)]
-        jobs += [(a["uri"], pathlib.Path(f"{destination}-lora-{a['name']}"), a.get("sha256")) for a in adapters]
+        jobs = [(uri, pathlib.Path(destination), os.environ.get(contract.ENV_MODEL_SHA256) or None, True)]
+        jobs += [(a["uri"], pathlib.Path(f"{destination}-lora-{a['name']}"), a.get("sha256"), False) for a in adapters]
     except (ValueError, KeyError, TypeError) as error:
         print(f"{ENV_LORA_ADAPTERS} is not a JSON list of {{name, uri, sha256}}: {error}", file=sys.stderr)
         return contract.ExitCode.CONFIGURATION_ERROR
-    for source, target, pin in jobs:
+    for source, target, pin, merge in jobs:
         try:
-            downloaded = fetch(source, target, pin)
+            downloaded = fetch(source, target, pin, merge_adapter=merge)
         except ArtifactError as error:
             _report(f"{source}: {error}")
             return contract.ExitCode.CONFIGURATION_ERROR

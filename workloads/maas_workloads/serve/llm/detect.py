@@ -7,14 +7,14 @@ import urllib.request
 from urllib.parse import unquote, urlparse
 
 from maas_workloads import storage
-from maas_workloads.artifact import CAUSAL_LM_FORMAT, ArtifactError, parse_manifest
+from maas_workloads.artifact import CAUSAL_LM_FORMAT, LORA_ADAPTER_FORMAT, ArtifactError, parse_manifest
 from maas_workloads.contract import MANIFEST_FILE, PVC_MOUNT_ROOT
 
 _TIMEOUT_SECONDS = 30.0
 
 
 def is_causal_lm(uri: str) -> bool:
-    """True when the artifact's manifest says `hf-causal-lm`.
+    """True when the artifact's manifest says `hf-causal-lm` (or `peft-lora`: an adapter, served merged).
 
     Only manifest.json is read (a local file, or one GET for s3:// and https://). When it
     cannot be read or parsed the answer is False: the tensor-model server then starts,
@@ -22,7 +22,7 @@ def is_causal_lm(uri: str) -> bool:
     """
     try:
         data = _read_manifest(uri)
-        return parse_manifest(data).format == CAUSAL_LM_FORMAT
+        return parse_manifest(data).format in (CAUSAL_LM_FORMAT, LORA_ADAPTER_FORMAT)
     except (OSError, ValueError, ArtifactError, storage.StorageError):
         return False
 

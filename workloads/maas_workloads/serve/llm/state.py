@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 import time
 from collections.abc import Iterator
 
-from maas_workloads.artifact import ArtifactError, CausalLMManifest, verify
+from maas_workloads.artifact import AdapterManifest, ArtifactError, CausalLMManifest, verify
+from maas_workloads.causal_lm import merge_lora_adapter
 from maas_workloads.serve import sources
 from maas_workloads.serve.llm.admission import Slots
 from maas_workloads.serve.llm.engine import Engine, SamplingParams
@@ -102,9 +104,20 @@ class LLMState:
     def _load_blocking(self) -> Engine:
         directory = sources.resolve(self.settings.model_uri, self.settings.cache_dir)
         manifest = verify(directory, self.settings.model_sha256)
+        if isinstance(manifest, AdapterManifest):
+            directory, manifest = self._merged(directory, manifest)
         if not isinstance(manifest, CausalLMManifest):
             raise ArtifactError(f"a {manifest.format} artifact is not a causal LM: the OpenAI server cannot serve it")
         return Engine(directory, self.settings.llm, self.settings.device, manifest.context_length)
+
+    def _merged(self, adapter_dir: pathlib.Path, adapter: AdapterManifest) -> tuple[pathlib.Path, CausalLMManifest]:
+        """A LoRA adapter artifact: fetch and verify the base it names, serve the merged model."""
+        base_uri = adapter.base_model.uri
+        base_dir = sources.resolve(base_uri, self.settings.cache_dir / "base")
+        verify(base_dir, adapter.base_model.sha256)
+        merged, _ = merge_lora_adapter(adapter_dir, base_dir, self.settings.cache_dir / "merged" / adapter_dir.name)
+        log.info("serving a LoRA adapter merged into its base", extra={"base": base_uri})
+        return self.settings.cache_dir / "merged" / adapter_dir.name, merged
 
     async def close(self) -> None:
         if self.engine is not None:
