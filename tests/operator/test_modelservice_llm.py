@@ -112,12 +112,12 @@ def test_vllm_engine_renders_the_official_server() -> None:
     assert "VLLM_CPU_KVCACHE_SPACE" not in env and env["HF_HUB_OFFLINE"] == "1"
     assert "envFrom" not in server  # storage credentials stay in the init container
     volumes = {volume["name"]: volume for volume in spec["volumes"]}
-    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
-    assert volumes[llm.CACHE_VOLUME] == {
-        "name": llm.CACHE_VOLUME,
+    assert volumes["maas-shm"]["emptyDir"]["medium"] == "Memory"
+    assert volumes[llm.MODEL_CACHE_VOLUME] == {
+        "name": llm.MODEL_CACHE_VOLUME,
         "persistentVolumeClaim": {"claimName": "model-cache"},
     }
-    assert {"name": "dshm", "mountPath": "/dev/shm"} in server["volumeMounts"]
+    assert {"name": "maas-shm", "mountPath": "/dev/shm"} in server["volumeMounts"]
     (fetch,) = spec["initContainers"]
     adapters = json.loads(env_of(fetch)[contract.ENV_LORA_ADAPTERS])
     assert adapters == [{"name": "assistant-support", "uri": "s3://models/assistant-support-lora/v3"}]

@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from maas_operator.api.common import ApiModel, LocalObjectReference, Quantity
+from maas_operator.api.common import ApiModel, LocalObjectReference
+from maas_operator.api.pods import Quantity
 from maas_workloads import contract
 
 Engine = Literal["builtin", "vllm"]

@@ -11,36 +11,33 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from typing import Any, Final
 
 from maas_operator.api.llm import GenerationSpec
 from maas_operator.api.modelservice import ModelServiceSpec, ServedModel
+from maas_operator.api.quantity import parse_quantity
 from maas_operator.builders.meta import Owner
-from maas_operator.builders.pods import CONTAINER_SECURITY_CONTEXT, container_resources, env_list
+from maas_operator.builders.pods import (
+    CONTAINER_SECURITY_CONTEXT,
+    SHARED_MEMORY,
+    OperatorVolume,
+    container_resources,
+    env_list,
+)
 from maas_workloads import contract
 
 VLLM_COMMAND: Final = ("python3", "-m", "vllm.entrypoints.openai.api_server")
 """Works in every vLLM image (the `vllm` CLI needs a distribution named vllm, which CPU builds lack)."""
-CACHE_VOLUME: Final = "model-cache"
+MODEL_CACHE_VOLUME: Final = "maas-model-cache"
+"""The operator's model-cache volume (builders.modelservice.MODEL_CACHE), replaced by a PVC when asked."""
 SHM_SIZE: Final = "1Gi"
 """Memory-backed /dev/shm for vLLM (NCCL between tensor-parallel GPUs; KServe's LLM template size)."""
 PROBE_PERIOD_SECONDS: Final = 10
-_UNITS: Final = {
-    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}  # fmt: skip
-_QUANTITY: Final = re.compile(r"^([0-9.]+)(e[0-9]+|[kMGTPE]i?|)$")
 
 
 def quantity_bytes(quantity: str) -> int:
-    """Bytes of a Kubernetes memory quantity (`2Gi`, `512M`, `1e9`); ValueError otherwise."""
-    match = _QUANTITY.match(quantity)
-    if match is None:
-        raise ValueError(f"{quantity!r} is not a memory quantity")
-    number, suffix = float(match.group(1)), match.group(2)
-    factor = 10 ** int(suffix[1:]) if suffix.startswith("e") else _UNITS[suffix]
-    return int(number * factor)
+    """Bytes of a Kubernetes memory quantity (`2Gi`, `512M`, `1e9`)."""
+    return int(parse_quantity(quantity))
 
 
 def model_directory(model: ServedModel) -> str:
@@ -73,7 +70,7 @@ def fetch_container(
         "env": env_list(env, []),
         "resources": resources,
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+        "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.image_pull_policy:
@@ -86,9 +83,9 @@ def fetch_container(
 def cache_volume(spec: ModelServiceSpec) -> dict[str, Any]:
     cache = spec.model_cache
     if cache.pvc is not None:
-        return {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache.pvc.name}}
+        return {"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache.pvc.name}}
     empty_dir: dict[str, Any] = {"sizeLimit": cache.size_limit} if cache.size_limit else {}
-    return {"name": CACHE_VOLUME, "emptyDir": empty_dir}
+    return {"name": MODEL_CACHE_VOLUME, "emptyDir": empty_dir}
 
 
 def builtin_env(generation: GenerationSpec) -> dict[str, str]:
@@ -181,30 +178,33 @@ def serve_llm(
     model: ServedModel,
     pod_spec: dict[str, Any],
     uri: str,
-    model_mounts: list[dict[str, Any]],
+    model_volumes: list[OperatorVolume],
     default_image: str,
 ) -> None:
     """Turn a serving pod spec (built for the builtin server) into a causal LM's, in place: the
     init container fetches and verifies the model, then the chosen engine serves it from the cache."""
-    cache_mount = {"name": CACHE_VOLUME, "mountPath": contract.MODEL_CACHE_MOUNT}
-    pod_spec["initContainers"] = [
-        fetch_container(spec, model, uri, spec.image or default_image, [cache_mount, *model_mounts])
-    ]
-    pod_spec["volumes"] = [
-        cache_volume(spec) if volume["name"] == CACHE_VOLUME else volume for volume in pod_spec["volumes"]
-    ]
     container = pod_spec["containers"][0]
+    model_mounts = [volume.mount for volume in model_volumes]  # only the init container reads the source
+    mounts = [mount for mount in container["volumeMounts"] if mount not in model_mounts]
+    cache_mount = next(mount for mount in mounts if mount["mountPath"] == contract.MODEL_CACHE_MOUNT)
+    tmp_mount = next(mount for mount in mounts if mount["mountPath"] == "/tmp")
+    if cache_mount["name"] == MODEL_CACHE_VOLUME:  # ours, not a volume the user mounted there
+        pod_spec["volumes"] = [
+            cache_volume(spec) if volume["name"] == MODEL_CACHE_VOLUME else volume for volume in pod_spec["volumes"]
+        ]
+    image = spec.image or default_image
+    pod_spec["initContainers"] = [fetch_container(spec, model, uri, image, [tmp_mount, cache_mount, *model_mounts])]
     container.update(health_probes(spec))
-    local = f"file://{model_directory(model)}"
     if spec.effective_engine == "builtin":
-        extra = builtin_env(spec.generation) if spec.generation is not None else {}
+        local = f"file://{model_directory(model)}"
         env = [
             {**variable, "value": local} if variable["name"] == contract.ENV_MODEL_URI else variable
             for variable in container["env"]
         ]
         present = {variable["name"] for variable in env}  # the user's own values win
+        extra = builtin_env(spec.generation) if spec.generation is not None else {}
         container["env"] = [{"name": k, "value": v} for k, v in extra.items() if k not in present] + env
-        container["volumeMounts"] = [mount for mount in container["volumeMounts"] if mount not in model_mounts]
+        container["volumeMounts"] = mounts
         return
     # vLLM: its own image and flags, the same port, probes, auth header and drain.
     container["image"] = spec.vllm.image
@@ -216,10 +216,8 @@ def serve_llm(
         reference = {"secretKeyRef": {"name": secret.name, "key": secret.key}}
         container["env"].append({"name": "VLLM_API_KEY", "valueFrom": reference})
     container.pop("envFrom", None)  # the storage credentials are the init container's only
-    container["volumeMounts"] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {**cache_mount, "readOnly": True},
-        {"name": "dshm", "mountPath": "/dev/shm"},
-        *spec.volume_mounts,
-    ]
-    pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
+    container["volumeMounts"] = [{**m, "readOnly": True} if m is cache_mount else m for m in mounts]
+    if not any(mount["mountPath"] == SHARED_MEMORY.mount_path for mount in mounts):
+        shm = {**SHARED_MEMORY.volume, "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}
+        pod_spec["volumes"].append(shm)
+        container["volumeMounts"].append(SHARED_MEMORY.mount)
