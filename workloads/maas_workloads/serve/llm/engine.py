@@ -131,6 +131,7 @@ class Engine:
     """A causal LM loaded from an artifact directory into transformers' continuous batching."""
 
     def __init__(self, directory: pathlib.Path, settings: LLMSettings, device: str, context_length: int) -> None:
+        _json_logs()
         self.settings = settings
         self.tokenizer: Any = AutoTokenizer.from_pretrained(directory)
         target = select_device(device)
@@ -230,6 +231,17 @@ class Engine:
         """Stop the generation thread (blocking); in-flight sequences should have finished before."""
         if self._manager.is_running():
             self._manager.stop(block=True, timeout=timeout)
+
+
+def _json_logs() -> None:
+    """transformers' loggers print plain text through their own handlers; send them to ours (JSON lines)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    batching = logging.getLogger("ContinuousBatchingLogger")
+    batching.handlers.clear()
+    batching.propagate = True
 
 
 def _dtype(requested: str, directory: pathlib.Path, device: torch.device) -> torch.dtype:
