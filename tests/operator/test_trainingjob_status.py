@@ -147,7 +147,11 @@ def test_next_attempt_waits_for_old_pods_then_starts_with_new_attempt_number() -
     retried = plan(running_status(), [pod(HEAD, "Failed", exit_code=1), pod(W0), pod(W1)]).status
     lingering = plan(retried, [pod(HEAD, "Failed", exit_code=1, deleting=True)])
     assert created_names(lingering) == [] and lingering.status.phase == "Restarting"
-    fresh = plan(lingering.status, [])
+    backing_off = plan(lingering.status, [], at=T0 + datetime.timedelta(seconds=4))
+    assert created_names(backing_off) == [] and backing_off.status.phase == "Restarting"
+    assert cond(backing_off.status, "Created")[:2] == ("False", "BackoffBeforeRestart")
+    assert backing_off.requeue_after == 6, "the first retry waits 10 s, like a Kubernetes Job's"
+    fresh = plan(lingering.status, [], at=T0 + datetime.timedelta(seconds=10))
     assert created_names(fresh) == [POLICY, HEAD, HEAD, W0, W1]
     creates = [a for a in fresh.actions if isinstance(a, Create) and a.manifest["kind"] == "Pod"]
     assert all(c.manifest["metadata"]["labels"]["maas.dev/attempt"] == "2" for c in creates)
@@ -297,10 +301,12 @@ def test_progress_summary_and_stall() -> None:
 
 def test_failure_history_is_bounded() -> None:
     status = final(plan())  # attempt 1's pods exist
-    for _ in range(14):
+    job = spec(backoffLimit=100, maxPlatformRetries=100, startupDeadlineSeconds=86400)
+    for n in range(14):
+        at = T0 + datetime.timedelta(hours=n)  # well past each backoff
         heads = [pod(HEAD, "Failed", attempt=status.attempt, exit_code=75)]
-        status = plan(status, heads, spec(backoffLimit=100)).status
-        status = final(plan(status, []))  # the next attempt's pods are created
+        status = plan(status, heads, job, at=at).status
+        status = final(plan(status, [], job, at=at + datetime.timedelta(minutes=30)))  # the next attempt's pods
     assert len(status.failures) == 10 and status.failures[-1].attempt == 14
     assert {f.reason for f in status.failures} == {"InfrastructureError"}
     assert status.attempt == 15 and status.charged_failures == 0

@@ -357,7 +357,7 @@ class ModelServiceSpec(PodOptions):
 
 # --- Status -------------------------------------------------------------------------------
 
-Phase = Literal["Pending", "Progressing", "Ready", "Degraded", "Failed"]
+Phase = Literal["Pending", "Progressing", "Ready", "ScaledToZero", "Degraded", "Failed"]
 
 
 class TrainingJobSource(ApiModel):

@@ -255,6 +255,16 @@ def deployment(
     )
 
 
+def replica_count(owner: Owner, track: Track, replicas: int) -> dict[str, Any]:
+    """Only a Deployment's spec.replicas: applied by REPLICAS_FIELD_MANAGER while an HPA takes over the count."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment_name(owner, track), "namespace": owner.namespace},
+        "spec": {"replicas": replicas},
+    }
+
+
 def service(owner: Owner, spec: ModelServiceSpec) -> dict[str, Any]:
     metadata = child_metadata(owner, owner.name, COMPONENT, annotations=spec.service.annotations or None)
     return with_spec_hash(
