@@ -25,6 +25,13 @@ class OperatorConfig(BaseModel):
     progress_url_template: str = "http://{service}.{namespace}.svc:{port}{path}"
     """Where a TrainingJob's head serves its progress; {service} {namespace} {port} {path}."""
     progress_timeout_seconds: float = Field(default=3.0, gt=0)
+    restart_backoff_seconds: float = Field(default=10.0, ge=0)
+    """Wait before a TrainingJob's next attempt, doubled per failed attempt (Kubernetes Jobs: 10 s)."""
+    restart_backoff_max_seconds: float = Field(default=360.0, ge=0)
+    """At most this long between attempts (Kubernetes Jobs: 6 minutes)."""
+    force_delete_after_seconds: float = Field(default=60.0, ge=0)
+    """A pod of an ended attempt still Terminating this long past its grace period, on a NotReady or
+    unreachable node, is force-deleted so that the next attempt can start."""
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     """Prometheus /metrics; 0 disables."""
     health_port: int = Field(default=8081, ge=0, le=65535)

@@ -41,7 +41,7 @@ from maas_operator.local_report import (
     where_things_are,
 )
 from maas_operator.status.modelservice import ModelServiceView, Observed, plan_modelservice
-from maas_operator.status.plan import Create
+from maas_operator.status.plan import written_manifests
 from maas_workloads import contract
 
 NAMESPACE = "local"
@@ -87,8 +87,9 @@ class LocalKubelet:
         print(line, file=self.out, flush=True)
 
     def localize(self, value: str) -> str:
-        """Claims mounted under PVC_MOUNT_ROOT in a pod live under the work directory here."""
-        return value.replace(f"file://{contract.PVC_MOUNT_ROOT}/", f"file://{self.volumes}/")
+        """Claims mounted under PVC_MOUNT_ROOT in a pod, and the model cache, live under the work directory here."""
+        value = value.replace(f"file://{contract.PVC_MOUNT_ROOT}/", f"file://{self.volumes}/")
+        return value.replace(contract.MODEL_CACHE_MOUNT, str(self.workdir / "model-cache"))
 
     def environment(self, container: Mapping[str, Any]) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -128,6 +129,12 @@ class LocalKubelet:
         self.processes.append(process)
         self.say(f"started {name} (pid {process.pid}, log {self.workdir / f'{name}.log'})")
         return process
+
+    def run_to_completion(self, name: str, container: Mapping[str, Any]) -> None:
+        """An init container: run it, and refuse to go on unless it succeeds."""
+        process = self.start(name, container, self.environment(container))
+        if process.wait() != 0:
+            raise RunError(f"{name} exited with {process.returncode}; see {self.workdir / (name + '.log')}")
 
     def stop(self, process: subprocess.Popen[bytes]) -> int:
         if process.poll() is None:
@@ -247,13 +254,14 @@ def serve(
     spec = ModelServiceSpec.model_validate(document.get("spec") or {})
     view = ModelServiceView(owner, 1, spec, None, ModelServiceStatus())
     plan = plan_modelservice(view, Observed(training_jobs=training_jobs), datetime.datetime.now(datetime.UTC), image)
-    deployment = next(
-        (a.manifest for a in plan.actions if isinstance(a, Create) and a.manifest["kind"] == "Deployment"), None
-    )
+    deployment = next((manifest for manifest in written_manifests(plan) if manifest["kind"] == "Deployment"), None)
     if deployment is None:
         resolved = next(c for c in plan.status.conditions if c.type == "ModelResolved")
         raise RunError(f"ModelService {owner.name} has nothing to serve: {resolved.message}")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    pod_spec = deployment["spec"]["template"]["spec"]
+    for init in pod_spec.get("initContainers") or []:  # e.g. fetching and verifying an LLM's files
+        kubelet.run_to_completion(f"{owner.name}-{init['name']}", init)
+    container = pod_spec["containers"][0]
     port = free_port()
     env = kubelet.environment(container)
     env.update(

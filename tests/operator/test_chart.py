@@ -75,9 +75,12 @@ def test_rbac_is_least_privilege_and_covers_what_the_operator_manages() -> None:
         group = resource.api_version.rpartition("/")[0]
         matching = [r for r in granted if resource.plural in r["resources"] and group in r["apiGroups"]]
         assert matching, f"no RBAC rule for {kind}"
-        needed = {"create"} if kind == "Event" else {"get", "list", "watch"}
+        needed = {"create"} if kind == "Event" else {"get"} if kind == "Node" else {"get", "list", "watch"}
         assert needed <= set(matching[0]["verbs"]), kind
+    nodes = [r for r in granted if "nodes" in r["resources"]]
+    assert [r["verbs"] for r in nodes] == [["get"]], "nodes are only read, one at a time"
 
     namespaced = render("watchNamespaces={team-a,team-b}")
     assert sorted(o["metadata"]["namespace"] for o in namespaced if o["kind"] == "Role") == ["team-a", "team-b"]
-    assert [r["resources"] for r in rules(namespaced, "ClusterRole")] == [["customresourcedefinitions"], ["namespaces"]]
+    cluster_scoped = [r["resources"] for r in rules(namespaced, "ClusterRole")]
+    assert cluster_scoped == [["customresourcedefinitions"], ["namespaces"], ["nodes"]]

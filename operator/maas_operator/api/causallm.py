@@ -51,7 +51,7 @@ class LoraSpec(ApiModel):
     """Low-rank adapters (PEFT's LoraConfig): r, lora_alpha, lora_dropout, target_modules."""
 
     rank: int = Field(default=16, ge=1, le=1024)
-    alpha: float = Field(default=32.0, gt=0)
+    alpha: int = Field(default=32, ge=1, le=65_536)
     """Scaling numerator: the update is multiplied by alpha / rank."""
     dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=list)

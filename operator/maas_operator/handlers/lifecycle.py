@@ -12,16 +12,28 @@ from maas_operator import metrics
 from maas_operator.api.modelservice import KIND as MODELSERVICE
 from maas_operator.api.trainingjob import KIND as TRAININGJOB
 from maas_operator.config import OperatorConfig
-from maas_operator.handlers.modelservice import reconcile_modelservice
-from maas_operator.handlers.runtime import Runtime
+from maas_operator.handlers.modelservice import CHILD_RESOURCES, reconcile_modelservice
+from maas_operator.handlers.runtime import (
+    MODELSERVICES,
+    TRAININGJOB_PODS,
+    TRAININGJOBS,
+    Runtime,
+    modelservice_children_index,
+)
 from maas_operator.handlers.trainingjob import reconcile_trainingjob
 from maas_operator.state_metrics import StateCollector
 
 log = logging.getLogger(__name__)
+INDICES = (
+    TRAININGJOBS,
+    MODELSERVICES,
+    TRAININGJOB_PODS,
+    *(modelservice_children_index(plural) for _, _, plural in CHILD_RESOURCES.values()),
+)
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     config = OperatorConfig.from_env()
     # Only watch-event handlers are registered: kopf keeps no state on our objects (no annotations,
     # no finalizers); our own queue retries, and garbage collection deletes children.
@@ -29,8 +41,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.enabled = False
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
+    # kopf passes its indices to startup handlers as keyword arguments named by their ids;
+    # they fill as the watches list (see runtime.py for why reconciles wait for that).
+    indices = {name: kwargs[name] for name in INDICES}
     memo.runtime = await Runtime.start(
-        config, {TRAININGJOB: reconcile_trainingjob, MODELSERVICE: reconcile_modelservice}
+        config, {TRAININGJOB: reconcile_trainingjob, MODELSERVICE: reconcile_modelservice}, indices
     )
     memo.resync = asyncio.create_task(memo.runtime.resync_forever(), name="resync")
     memo.state_metrics = StateCollector(memo.runtime.snapshot)

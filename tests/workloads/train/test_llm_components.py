@@ -47,7 +47,9 @@ def test_arithmetic_never_contains_a_held_out_pair() -> None:
         a, b = (int(x) for x in answer.split("so ")[1].split(" = ")[0].split(" + "))
         assert not synthetic.is_held_out(a, b) and 0 <= a <= 99 and 0 <= b <= 9
     question, expected = synthetic.held_out_question(options)
-    assert question not in questions and expected.endswith(question.removeprefix("What is ").rstrip("?") + " = " + expected.split(" = ")[-1])
+    assert question not in questions and expected.endswith(
+        question.removeprefix("What is ").rstrip("?") + " = " + expected.split(" = ")[-1]
+    )
 
 
 @pytest.mark.parametrize(

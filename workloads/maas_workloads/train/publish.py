@@ -38,10 +38,9 @@ def _datatype(tensor: torch.Tensor, what: str) -> artifact.Datatype:
         raise ValueError(f"{what} has dtype {tensor.dtype}, which the artifact format cannot describe") from error
 
 
-def framework_versions(*extra: str) -> dict[str, str]:
-    """Versions of Python, torch, Ray, safetensors, this package and the `extra` distributions installed."""
+def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for distribution in ("ray", "safetensors", "maas-operator", *extra):
+    for distribution in ("ray", "safetensors", "maas-operator"):
         try:
             versions[distribution] = metadata.version(distribution)
         except metadata.PackageNotFoundError:
@@ -99,7 +98,7 @@ def export(
         files=artifact.describe_files(directory),
         source=source,
         metrics=metrics,
-        framework_versions=framework_versions(),
+        framework_versions=_versions(),
         created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         labels=labels,
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import pathlib
 import shutil
 import tempfile
-from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from maas_operator.api.trainer import TrainerSpec
 from maas_workloads import artifact
+from maas_workloads.causal_lm import save_causal_lm, save_lora_adapter
 from maas_workloads.train import publish, sdk
 from maas_workloads.train.llm import modeling
 from maas_workloads.train.llm.base import BaseModel
@@ -30,69 +30,19 @@ from maas_workloads.train.llm.tokenizer import stop_token_ids
 from maas_workloads.train.publish import ADAPTER_DIRECTORY
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def write_causal_lm(
     directory: pathlib.Path, model: Any, tokenizer: Any, *, source: artifact.Source, metrics: dict[str, float]
 ) -> str:
-    """Save model (safetensors, config, generation config) and tokenizer (with its chat template) as a
-    Hugging Face directory, then its manifest (last); returns the manifest's sha256."""
+    """The model and tokenizer as a Hugging Face directory plus manifest (causal_lm.save_causal_lm, the
+    format the server loads), generation stopping where training taught the model to; its sha256."""
     generation = model.generation_config
-    # Generation must stop where training taught the model to: at the end of a chat turn too.
     known = generation.eos_token_id
     known = [] if known is None else [known] if isinstance(known, int) else list(known)
+    # Chat turns end with the template's end-of-turn token, which a from-scratch config does not name.
     generation.eos_token_id = list(dict.fromkeys([*known, *stop_token_ids(tokenizer)]))
     if generation.pad_token_id is None:
         generation.pad_token_id = pad_token_id(tokenizer)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    config = model.config
-    manifest = artifact.CausalLMManifest(
-        format=artifact.CAUSAL_LM_FORMAT,
-        architecture=str(config.model_type),
-        context_length=modeling.context_length(config) or int(tokenizer.model_max_length),
-        parameters=sum(p.numel() for p in model.parameters()),
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        files=artifact.describe_files(directory),
-        source=source,
-        metrics=metrics,
-        framework_versions=publish.framework_versions("transformers", "peft", "tokenizers"),
-        created_at=_now(),
-    )
-    digest = artifact.write_manifest(directory, manifest)
-    artifact.verify(directory, digest)
-    return digest
-
-
-def write_adapter(
-    directory: pathlib.Path,
-    model: Any,
-    base_model: artifact.BaseModelReference,
-    *,
-    context_length: int,
-    source: artifact.Source,
-    metrics: dict[str, float],
-) -> str:
-    """Save a PEFT model's adapter (adapter_config.json, adapter_model.safetensors) and its manifest."""
-    config = model.peft_config["default"]
-    # The embeddings are not trained: PEFT need not look the base model up to decide.
-    model.save_pretrained(directory, save_embedding_layers=False)
-    manifest = artifact.AdapterManifest(
-        format=artifact.LORA_ADAPTER_FORMAT,
-        base_model=base_model,
-        rank=config.r,
-        alpha=config.lora_alpha,
-        target_modules=sorted(config.target_modules),
-        context_length=context_length,
-        files=artifact.describe_files(directory),
-        source=source,
-        metrics=metrics,
-        framework_versions=publish.framework_versions("transformers", "peft"),
-        created_at=_now(),
-    )
-    digest = artifact.write_manifest(directory, manifest)
+    _, digest = save_causal_lm(model, tokenizer, directory, source=source, metrics=metrics)
     artifact.verify(directory, digest)
     return digest
 
@@ -102,7 +52,7 @@ def _with_weights(config: Any, weights: dict[str, Any]) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     model.load_state_dict(weights, strict=False, assign=True)
     model.tie_weights()
     missing = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
@@ -157,8 +107,13 @@ def publish_from_worker(
             adapted.peft_config["default"].base_model_name_or_path = base.uri
             if base.manifest_sha256 is not None:
                 reference = artifact.BaseModelReference(uri=base.uri, sha256=base.manifest_sha256)
-                write_adapter(
-                    adapter, adapted, reference, context_length=context_length, source=source, metrics=metrics
+                save_lora_adapter(
+                    adapted,
+                    adapter,
+                    base_model=reference,
+                    context_length=context_length,
+                    source=source,
+                    metrics=metrics,
                 )
             else:
                 # A plain Hugging Face base has no manifest to pin: the adapter goes along as PEFT files only.

@@ -3,6 +3,7 @@ adapters (PEFT), and wrapped for data parallelism (DDP) or sharding (FSDP2)."""
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 from typing import Any, Final
 
@@ -75,7 +76,7 @@ def check_adapter_targets(config: Any, spec: LoraSpec) -> list[str]:
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     try:
         adapted = get_peft_model(model, lora_config(spec))
     except ValueError as error:
@@ -98,15 +99,17 @@ def load(
             kwargs["dtype"] = torch.bfloat16  # a frozen base needs no fp32 master copy
         if spec.method == "qlora":
             kwargs.update(_quantized(device))
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     else:
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(source, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(source, dtype=torch.float32)  # type: ignore[no-untyped-call]
     model.config.use_cache = False
     if spec.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+            model, use_gradient_checkpointing=spec.gradient_checkpointing
+        )
     elif spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if spec.method != "qlora":
@@ -122,15 +125,13 @@ def load(
 def _quantized(device: torch.device) -> dict[str, Any]:
     if device.type != "cuda":
         raise ConfigurationError("spec.trainer.causalLM.method: qlora needs a CUDA GPU on every worker")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as error:
+    if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigurationError(
             "spec.trainer.causalLM.method: qlora needs bitsandbytes in the training image (pip install bitsandbytes)"
-        ) from error
+        )
     from transformers import BitsAndBytesConfig
 
-    quantization = BitsAndBytesConfig(
+    quantization = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,

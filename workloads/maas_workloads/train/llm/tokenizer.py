@@ -54,7 +54,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, directory: pathlib.Pa
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
-    wrapped = PreTrainedTokenizerFast(
+    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT, model_max_length=1 << 30
     )
     wrapped.chat_template = CHAT_TEMPLATE
