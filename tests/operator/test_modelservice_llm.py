@@ -62,13 +62,13 @@ def test_engine_default_for_cpu_and_gpu(changes: dict[str, Any], engine: str) ->
 
 
 def test_examples_are_valid_everywhere() -> None:
-    for name in ("llm-modelservice.yaml", "llm-modelservice-vllm.yaml"):
+    for name in ("llm-modelservice.yaml", "llm-modelservice-s3.yaml", "llm-modelservice-vllm.yaml"):
         ModelServiceSpec.model_validate(example(name))
         assert violations(SPEC_SCHEMA, example(name)) == [], name
 
 
 def test_builtin_engine_gets_the_settings_and_the_verified_local_copy() -> None:
-    spec = pod(example("llm-modelservice.yaml"))
+    spec = pod(example("llm-modelservice-s3.yaml"))
     (fetch,) = spec["initContainers"]
     assert fetch["command"] == list(contract.FETCH_COMMAND) and fetch["image"] == IMAGE
     fetch_env = env_of(fetch)
@@ -125,7 +125,7 @@ def test_vllm_engine_renders_the_official_server() -> None:
 
 
 def test_vllm_on_cpus_bounds_its_kv_cache() -> None:
-    document = {**example("llm-modelservice.yaml"), "engine": "vllm"}
+    document = {**example("llm-modelservice-s3.yaml"), "engine": "vllm"}
     server = pod(document)["containers"][0]
     assert env_of(server)["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert (
@@ -135,13 +135,13 @@ def test_vllm_on_cpus_bounds_its_kv_cache() -> None:
 
 
 def test_llms_autoscale_on_the_waiting_queue_never_cpu_by_default() -> None:
-    spec = ModelServiceSpec.model_validate(example("llm-modelservice.yaml"))
+    spec = ModelServiceSpec.model_validate(example("llm-modelservice-s3.yaml"))
     assert spec.autoscaling is not None
     metric = build.horizontal_pod_autoscaler(OWNER, spec.autoscaling, llm_service=spec.is_llm)["spec"]["metrics"][0]
     assert metric["pods"]["metric"]["name"] == build.WAITING_METRIC
     assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "5"}
     kv = ModelServiceSpec.model_validate(
-        {**example("llm-modelservice.yaml"), "autoscaling": {"maxReplicas": 3, "metric": "kvCache"}}
+        {**example("llm-modelservice-s3.yaml"), "autoscaling": {"maxReplicas": 3, "metric": "kvCache"}}
     )
     assert kv.autoscaling is not None
     kv_metric = build.horizontal_pod_autoscaler(OWNER, kv.autoscaling, llm_service=True)["spec"]["metrics"][0]
@@ -159,7 +159,7 @@ def test_llms_autoscale_on_the_waiting_queue_never_cpu_by_default() -> None:
     ],
 )
 def test_bad_llm_specs_are_refused_by_both(changes: dict[str, Any], message: str) -> None:
-    document = {**example("llm-modelservice.yaml"), **changes}
+    document = {**example("llm-modelservice-s3.yaml"), **changes}
     with pytest.raises(ValidationError):
         ModelServiceSpec.model_validate(document)
     assert any(message in violation for violation in violations(SPEC_SCHEMA, document)), message
@@ -169,11 +169,11 @@ def test_generation_limits_are_in_the_schema() -> None:
     generation = SPEC_SCHEMA["properties"]["generation"]["properties"]
     assert generation["maxNumSeqs"]["minimum"] == 1 and generation["gpuMemoryUtilization"]["maximum"] == 1
     with pytest.raises(ValidationError, match=r"max_num_seqs|maxNumSeqs"):
-        ModelServiceSpec.model_validate({**example("llm-modelservice.yaml"), "generation": {"maxNumSeqs": 0}})
+        ModelServiceSpec.model_validate({**example("llm-modelservice-s3.yaml"), "generation": {"maxNumSeqs": 0}})
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["llm-modelservice.yaml", "llm-modelservice-vllm.yaml"])
+@pytest.mark.parametrize("name", ["llm-modelservice-s3.yaml", "llm-modelservice-vllm.yaml"])
 def test_maas_render_is_valid_kubernetes(name: str) -> None:
     rendered = subprocess.run(
         [sys.executable, "-m", "maas_operator.cli", "render", "-f", str(REPO / "examples" / name)],

@@ -270,3 +270,34 @@ def test_two_fsdp_workers_match_one_worker_and_ddp(lora_runs: LoraRuns) -> None:
         metrics = other.termination_message()["model"]["metrics"]
         assert two["loss"] == pytest.approx(metrics["loss"], rel=1e-4)
         assert two["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)
+
+
+def test_the_fine_tuned_model_is_served_over_the_openai_api(lora_runs: LoraRuns) -> None:
+    """What status.model names, through the fetch-and-verify init container and the built-in engine,
+    exactly as the operator renders a ModelService for it, asked with the official client."""
+    import openai
+
+    from tests.workloads.llm.conftest import MODEL, TOKEN, local_env, operator_pod, run_fetch
+    from tests.workloads.serve.conftest import Server
+
+    merged = lora_runs.root / "two-out" / "model"
+    pod = operator_pod(merged, "builtin")
+    cache = lora_runs.root / "model-cache"
+    run_fetch(pod, cache)
+    env = local_env(pod["containers"][0], cache)
+    env = {k: v for k, v in env.items() if k.startswith("MAAS_") and k not in (contract.ENV_PORT, contract.ENV_HOST)}
+    server = Server(env.pop(contract.ENV_MODEL_URI), lora_runs.root / "server.log", env)
+    try:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "What is 512 + 7?"}],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+        )
+        chunks = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+        assert "".join(chunks).strip(), chunks
+    finally:
+        server.stop()
