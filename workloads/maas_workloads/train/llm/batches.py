@@ -67,10 +67,6 @@ class Batches:
         self.micro_batch = hp.batch_size
         self.global_batch = hp.batch_size * world * accumulation
 
-    @property
-    def steps_per_epoch(self) -> int | None:
-        return None if self.blocks is None else len(self.blocks) // self.global_batch
-
     def total_steps(self, position: Position) -> int:
         """Steps of the whole run, from where `position` stands (maxSteps caps it)."""
         cap = self.hp.max_steps or math.inf

@@ -43,10 +43,6 @@ class TokenBlocks:
     def take(self, index: npt.NDArray[np.int64]) -> TokenBlocks:
         return TokenBlocks(self.input_ids[index], self.labels[index], self.lengths[index])
 
-    def trainable_tokens(self) -> int:
-        """Tokens that count in the loss (each sequence's first token predicts nothing)."""
-        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
-
 
 class Encoder:
     """Tokenizes records of one format for one tokenizer."""

@@ -69,19 +69,18 @@ def lora_config(spec: LoraSpec) -> Any:
     )
 
 
-def check_adapter_targets(config: Any, spec: LoraSpec) -> list[str]:
+def check_adapter_targets(config: Any, spec: LoraSpec) -> None:
     """Apply the LoRA config to the model built on the meta device (no memory, no weights): PEFT's own
-    error for a target module the model lacks becomes a ConfigurationError. Returns the adapted names."""
+    error for a target module the model lacks becomes a ConfigurationError."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     try:
-        adapted = get_peft_model(model, lora_config(spec))
+        get_peft_model(model, lora_config(spec))
     except ValueError as error:
         raise ConfigurationError(f"spec.trainer.causalLM.lora.targetModules: {error}") from error
-    return sorted(adapted.peft_config["default"].target_modules)
 
 
 def load(
@@ -178,9 +177,3 @@ def parallelize(model: nn.Module, parallelism: str, device: torch.device, mixed_
     return DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True
     )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel; FSDP2 shards in place, so nothing to unwrap there."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) else model
