@@ -7,7 +7,8 @@ and per-worker peak memory with FSDP against DDP.
    Ray head and 2 worker nodes as local processes, as a TrainingJob's pods run it) against
    `torchrun --nproc_per_node 2 benchmarks/torchrun_llm_peer.py` (the trainer's own data
    preparation, model, sharding and step function, without Ray). Tokens per second: the median
-   of per-step rates after the warm-up steps; and seconds from launch to the first step.
+   of per-step rates after the warm-up steps, best of alternated rounds; and seconds from launch
+   to the first step.
 2. Memory. Full fine-tuning of a larger model (~200M parameters) for a few steps on 2 workers,
    FSDP then DDP, ours both times: the peak resident memory of the busiest worker, as the
    trainer reports it (`peak_memory_bytes`).
@@ -40,15 +41,25 @@ from tests.workloads.train.cluster import LocalJob, spec  # noqa: E402
 WORKERS = 2
 WARMUP_STEPS = 5
 DATA = "synthetic:arithmetic?samples=6000"
-THROUGHPUT_MODEL = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4}
-MEMORY_MODEL = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16}
+THROUGHPUT_MODEL: dict[str, Any] = {
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+}
+MEMORY_MODEL: dict[str, Any] = {
+    "hidden_size": 1024,
+    "intermediate_size": 2816,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 16,
+}
 
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
-def make_base(directory: pathlib.Path, shape: dict[str, int]) -> int:
+def make_base(directory: pathlib.Path, shape: dict[str, Any]) -> int:
     """A random-weight Llama (with a tokenizer trained on the data) as a Hugging Face directory; its parameters."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -89,7 +100,7 @@ def job_spec(base: pathlib.Path, parallelism: str, steps: int, batch_size: int, 
 
 
 def run_ours(workdir: pathlib.Path, job: dict[str, Any]) -> dict[str, Any]:
-    """Our launcher's run of `job`; per-step tokens/s and peak memory as the progress endpoint reported them."""
+    """Our launcher's run of `job`: per-step tokens/s and peak memory as the progress endpoint reported them."""
     started = time.time()
     local = LocalJob(workdir, job, output_uri=(workdir / "model").as_uri()).start()
     assert local.head is not None
@@ -108,11 +119,11 @@ def run_ours(workdir: pathlib.Path, job: dict[str, Any]) -> dict[str, Any]:
             raise SystemExit(f"our run failed ({local.head.returncode}):\n{local.log('head')[-3000:]}")
     finally:
         local.stop()
+    if first_step_at is None or not memory:
+        raise SystemExit(f"no progress report seen in {workdir}")
     steady = [rate for step, rate in rates.items() if step > WARMUP_STEPS]
-    if first_step_at is None or not steady:
-        raise SystemExit(f"too few progress reports seen ({rates}); raise --steps")
     return {
-        "tokensPerSecond": statistics.median(steady),
+        "tokensPerSecond": statistics.median(steady) if steady else None,
         "stepsSeen": len(steady),
         "secondsToFirstStep": first_step_at - started,
         "wallSeconds": time.time() - started,
@@ -155,6 +166,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument("--memory-steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="alternated runs of each side; the best counts")
     args = parser.parse_args()
     load_before = uptime()
     with tempfile.TemporaryDirectory(prefix="llm-train-bench-") as scratch:
@@ -162,13 +174,24 @@ def main() -> None:
         small, large = workdir / "base-small", workdir / "base-large"
         small_parameters = make_base(small, THROUGHPUT_MODEL)
         throughput_job = job_spec(small, "fsdp", args.steps, args.batch_size, args.sequence_length)
-        ours = run_ours(workdir / "ours", throughput_job)
-        peer = run_torchrun(workdir, throughput_job, args.steps)
+        # Alternated rounds, the best of each side: other work on a shared machine comes and goes.
+        rounds = []
+        for n in range(args.rounds):
+            rounds.append(
+                (run_ours(workdir / f"ours-{n}", throughput_job), run_torchrun(workdir, throughput_job, args.steps))
+            )
+            print(f"round {n}: ours {rounds[-1][0]}\n         torchrun {rounds[-1][1]}", flush=True)
+        if any(run["tokensPerSecond"] is None for run, _ in rounds):
+            raise SystemExit("too few steps after the warm-up were reported; raise --steps")
+        ours = max((pair[0] for pair in rounds), key=lambda run: float(run["tokensPerSecond"]))
+        peer = max((pair[1] for pair in rounds), key=lambda run: float(run["tokensPerSecond"]))
         large_parameters = make_base(large, MEMORY_MODEL)
-        memory = {
-            parallelism: run_ours(workdir / parallelism, job_spec(large, parallelism, args.memory_steps, 1, 64))
-            for parallelism in ("fsdp", "ddp")
-        }
+        memory = {}
+        for parallelism in ("fsdp", "ddp"):
+            memory[parallelism] = run_ours(
+                workdir / parallelism, job_spec(large, parallelism, args.memory_steps, 1, 64)
+            )
+            print(f"memory, {parallelism}: {memory[parallelism]}", flush=True)
     result = {
         "benchmark": "llm_train",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "device": "cpu"},
@@ -180,8 +203,12 @@ def main() -> None:
             "batchSizePerWorker": args.batch_size,
             "sequenceLength": args.sequence_length,
             "workers": WORKERS,
+            "rounds": args.rounds,
             "ours": ours,
             "torchrun": peer,
+            "allRounds": [
+                {"ours": pair[0]["tokensPerSecond"], "torchrun": pair[1]["tokensPerSecond"]} for pair in rounds
+            ],
             "tokensPerSecondRatio": ours["tokensPerSecond"] / peer["tokensPerSecond"],
         },
         "memory": {

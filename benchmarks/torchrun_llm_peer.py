@@ -56,8 +56,9 @@ def main() -> None:
         source: Any = pathlib.Path(lm.base_model.uri.removeprefix("file://"))
     else:
         source = AutoConfig.from_pretrained(files)
-    model = modeling.load(lm, source, device, hp.mixed_precision, hp.seed)
-    model = modeling.parallelize(model, lm.parallelism, device, hp.mixed_precision)
+    with modeling.memory_returned_when_freed():
+        model = modeling.load(lm, source, device, hp.mixed_precision, hp.seed)
+        model = modeling.parallelize(model, lm.parallelism, device, hp.mixed_precision)
     optimizer = loop.build_optimizer(trainer, model)
     batches = Batches(prepared.train, None, hp, rank, world, hp.gradient_accumulation_steps or 1, device)
     scheduler = loop.build_scheduler(hp, optimizer, batches.total_steps(Position()))

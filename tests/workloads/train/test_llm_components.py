@@ -210,3 +210,54 @@ def test_a_sharded_checkpoint_is_committed_by_its_marker(tmp_path: pathlib.Path)
     store.upload_part(tmp_path / "rank-0", step=20)  # an interrupted save of a later step
     store.clear(20)
     assert store.latest() == info and not (tmp_path / "store" / "checkpoint-000000000020").exists()
+
+
+# --- Models -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_each_architecture_builds_and_shards_by_decoder_layer(tokenizer: Any, model_type: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from maas_operator.api.causallm import ArchitectureSpec
+    from maas_workloads.train.llm.modeling import decoder_layers, scratch_config
+
+    config = scratch_config(ArchitectureSpec(model_type=model_type, size="tiny"), tokenizer)  # type: ignore[arg-type]
+    assert (config.model_type, config.max_position_embeddings, config.vocab_size) == (model_type, 512, len(tokenizer))
+    model = AutoModelForCausalLM.from_config(config)
+    assert len(decoder_layers(model)) == config.num_hidden_layers == 2
+    ids, _ = encoding.Encoder(tokenizer, "chat", "all").encode({"messages": synthetic.conversation(3, 4)})
+    batch = torch.tensor([ids])
+    assert model(input_ids=batch, labels=batch).loss.isfinite()
+
+
+# --- Base models from storage -------------------------------------------------------------------
+
+
+def test_a_base_model_on_s3_is_checked_from_its_metadata_and_fetched_verified(
+    tokenizer: Any, tmp_path: pathlib.Path, bucket: str
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from maas_operator.api.causallm import ArchitectureSpec, BaseModelSpec
+    from maas_workloads.causal_lm import save_causal_lm
+    from maas_workloads.train.llm import base
+    from maas_workloads.train.llm.modeling import scratch_config
+
+    model = AutoModelForCausalLM.from_config(scratch_config(ArchitectureSpec(), tokenizer))
+    _, digest = save_causal_lm(model, tokenizer, tmp_path / "artifact")
+    storage.open_location(f"s3://{bucket}").publish_directory(tmp_path / "artifact", "base", "manifest.json")
+    uri = f"s3://{bucket}/base"
+
+    metadata = base.fetch_metadata(BaseModelSpec(uri=uri, sha256=digest), tmp_path / "metadata")
+    assert metadata.manifest_sha256 == digest
+    assert (metadata.directory / "config.json").is_file() and (metadata.directory / "tokenizer.json").is_file()
+    assert not (metadata.directory / "model.safetensors").exists()  # the head never downloads the weights
+
+    with pytest.raises(ConfigurationError, match=r"baseModel\.sha256: .* not the pinned"):
+        base.fetch_metadata(BaseModelSpec(uri=uri, sha256="0" * 64), tmp_path / "pinned")
+    with pytest.raises(ConfigurationError, match=r"has no manifest\.json: an s3:// or https:// base model"):
+        base.fetch_metadata(BaseModelSpec(uri=f"s3://{bucket}/nothing"), tmp_path / "nothing")
+
+    fetched = base.fetch(BaseModelSpec(uri=uri, sha256=digest), tmp_path / "cache")
+    assert fetched.manifest_sha256 == digest and (fetched.directory / "model.safetensors").is_file()

@@ -181,8 +181,9 @@ class _Run:
             from transformers import AutoConfig
 
             source = AutoConfig.from_pretrained(self.files)
-        model = modeling.load(lm, source, self.device, hp.mixed_precision, hp.seed)
-        self.model = modeling.parallelize(model, lm.parallelism, self.device, hp.mixed_precision)
+        with modeling.memory_returned_when_freed():
+            model = modeling.load(lm, source, self.device, hp.mixed_precision, hp.seed)
+            self.model = modeling.parallelize(model, lm.parallelism, self.device, hp.mixed_precision)
         self.optimizer = build_optimizer(self.spec, self.model)
         self.adapter_only = lm.method != "full"
         train: TokenBlocks | None = ray.get(config["train"]) if config["train"] is not None else None

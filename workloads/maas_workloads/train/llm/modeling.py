@@ -3,8 +3,11 @@ adapters (PEFT), and wrapped for data parallelism (DDP) or sharding (FSDP2)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
 import pathlib
+from collections.abc import Iterator
 from typing import Any, Final
 
 import torch
@@ -111,7 +114,8 @@ def load(
         )
     elif spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if spec.method != "qlora":
+    if spec.method != "qlora" and spec.parallelism != "fsdp":
+        # FSDP moves each shard group to the device as it shards it: the whole model never is there at once.
         model = model.to(device)
     if spec.method != "full":
         from peft import get_peft_model
@@ -152,13 +156,46 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+_M_MMAP_THRESHOLD = -3
+"""mallopt's parameter number for the size above which glibc serves allocations by mmap (malloc.h)."""
+_MMAP_THRESHOLD_WHILE_LOADING = 64 * 1024
+_MMAP_THRESHOLD_AFTERWARDS = 32 * 1024 * 1024
+"""glibc's own ceiling for its dynamic threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit), where it settles
+when large blocks are freed and allocated again, as every training step does."""
+
+
+@contextlib.contextmanager
+def memory_returned_when_freed() -> Iterator[None]:
+    """While loading and sharding the model, make glibc return freed blocks to the OS at once.
+
+    Every worker reads the whole model before FSDP keeps only its shard. glibc would keep the
+    freed rest in its heap for the whole run, and the pod's resident memory (what its memory
+    limit counts) would stay that much above its share; blocks of more than 64 KiB served by mmap
+    go back when freed. Training then allocates as glibc settles anyway (large blocks from the
+    heap: mmap for every activation would halve a CPU worker's throughput, measured here).
+    Elsewhere than glibc, nothing changes.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        yield
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_WHILE_LOADING)
+    try:
+        yield
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_AFTERWARDS)
+
+
 def parallelize(model: nn.Module, parallelism: str, device: torch.device, mixed_precision: bool) -> nn.Module:
     """FSDP2: one `fully_shard` group per decoder layer plus the root (embeddings, norm, head), bf16
-    compute with fp32 gradient reduction on GPUs; DDP: a replica per worker. One worker: unchanged."""
+    compute with fp32 gradient reduction on GPUs; DDP: a replica per worker. One DDP worker: just
+    the model on the device."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or (dist.get_world_size() == 1 and parallelism == "ddp"):
-        return model
+        # A 4-bit (qlora) model is already there, and bitsandbytes refuses to move it.
+        return model if next(model.parameters()).device == device else model.to(device)
     if parallelism == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

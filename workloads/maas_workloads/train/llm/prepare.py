@@ -10,6 +10,7 @@ data fills at least one global batch.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import random
 import tempfile
@@ -26,6 +27,7 @@ from maas_workloads.train.llm.tokenizer import texts_of, train_tokenizer
 DATASET_FIELD = "spec.trainer.dataset.uri"
 VALIDATION_FIELD = "spec.trainer.dataset.validationUri"
 LM_FIELD = "spec.trainer.causalLM"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,14 @@ def prepare(context: JobContext, scratch: pathlib.Path | None = None) -> Prepare
     if not streaming:
         _check_size(train, spec, context.workers)
     files = {path.name: path.read_bytes() for path in files_dir.iterdir() if path.is_file()}
+    log.info(
+        "%s: %s sequences of %d tokens to train on, %d to validate on; a tokenizer of %d tokens",
+        dataset.uri,
+        "streamed" if streaming else len(train),
+        lm.sequence_length,
+        len(validation),
+        len(tokenizer),
+    )
     return PreparedLM(files, source, None if streaming else train, validation if len(validation) else None)
 
 
