@@ -9,14 +9,17 @@ import orjson
 import pytest
 
 from maas_workloads.artifact import TensorSpec
-from maas_workloads.serve import datatypes, oip, v1
-from maas_workloads.serve.auth import BearerAuth
+from maas_workloads.serve import datatypes, jsoncodec, oip, v1
 from maas_workloads.serve.errors import BadRequestError
+from maas_workloads.serve.http.auth import BearerAuth
 from maas_workloads.serve.settings import SettingsError, parse
 
 VALUES = {
     "BOOL": [True, False, True, True],
     "UINT8": [0, 1, 200, 255],
+    "UINT16": [0, 1, 40000, 65535],
+    "UINT32": [0, 1, 2**31, 2**32 - 1],
+    "UINT64": [0, 1, 2**63, 2**64 - 1],
     "INT8": [-128, -1, 0, 127],
     "INT16": [-30000, 0, 1, 30000],
     "INT32": [-(2**31), 0, 7, 2**31 - 1],
@@ -31,23 +34,22 @@ VALUES = {
 @pytest.mark.parametrize("datatype", sorted(VALUES))
 def test_every_datatype_round_trips_through_json_and_binary(datatype: str) -> None:
     values = VALUES[datatype]
-    array = datatypes.from_json_data([values[:2], values[2:]], datatype, [2, 2], name="t")
+    array = jsoncodec.tensor_from_data([values[:2], values[2:]], datatype, [2, 2], name="t")
     assert array.shape == (2, 2)
     raw = datatypes.to_bytes(array, datatype)
     assert len(raw) == 4 * (datatypes.element_size(datatype) or 0)
     again = datatypes.from_bytes(raw, datatype, [2, 2], name="t")
     np.testing.assert_array_equal(again, array)
-    assert orjson.loads(orjson.dumps(datatypes.to_json_data(again, datatype), option=orjson.OPT_SERIALIZE_NUMPY)) == [
-        pytest.approx(value) for value in values
-    ]
+    data = jsoncodec.data_of(again, datatype, name="t")
+    assert orjson.loads(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)) == values
 
 
 def test_bytes_tensors() -> None:
-    array = datatypes.from_json_data(["a", "βγ", ""], "BYTES", [3], name="text")
+    array = jsoncodec.tensor_from_data(["a", "βγ", ""], "BYTES", [3], name="text")
     raw = datatypes.to_bytes(array, "BYTES")
     assert raw == b"\x01\x00\x00\x00a\x04\x00\x00\x00\xce\xb2\xce\xb3\x00\x00\x00\x00"
     assert list(datatypes.from_bytes(raw, "BYTES", [3], name="text")) == [b"a", "βγ".encode(), b""]
-    assert datatypes.to_json_data(array, "BYTES") == ["a", "βγ", ""]
+    assert jsoncodec.data_of(array, "BYTES", name="text") == ["a", "βγ", ""]
     with pytest.raises(ValueError, match="past the end"):
         datatypes.from_bytes(b"\x09\x00\x00\x00abc", "BYTES", [1], name="text")
     with pytest.raises(ValueError, match="left over"):
@@ -57,17 +59,17 @@ def test_bytes_tensors() -> None:
 @pytest.mark.parametrize(
     ("data", "datatype", "fragment"),
     [
-        ([1.5, 2.0], "INT64", "values"),
-        ([300, 1], "UINT8", "out of range"),
-        ([1, 0], "BOOL", "values"),
-        ([1e39, 0], "FP32", "out of the range"),
-        (["x", "y"], "FP32", "values"),
-        ([[1], [2, 3]], "FP32", "input 't'"),
+        ([1.5, 2.0], "INT64", "takes integers"),
+        ([300, 1], "UINT8", r"in \[0, 255\]"),
+        ([1, 0], "BOOL", "takes true or false"),
+        ([1e39, 0], "FP32", "beyond the largest finite FP32"),
+        (["x", "y"], "FP32", "got strings"),
+        ([[1], [2, 3]], "FP32", "not a regular nesting"),
     ],
 )
 def test_json_values_the_datatype_cannot_hold_are_refused(data: object, datatype: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
-        datatypes.from_json_data(data, datatype, [2], name="t")
+        jsoncodec.tensor_from_data(data, datatype, [2], name="t")
 
 
 SPECS = [TensorSpec(name="a", datatype="FP32", shape=[-1, 2]), TensorSpec(name="b", datatype="INT32", shape=[-1])]
@@ -158,10 +160,10 @@ def test_settings_from_the_environment_and_flags(tmp_path: pathlib.Path) -> None
         "MAAS_ACCESS_LOG": "false",
     }
     settings = parse(["--port", "9000"], env)
-    assert (settings.model_name, settings.model_version, settings.port) == ("digits", "1", 9000)
-    assert (settings.max_batch_size, settings.max_delay_ms, settings.auth_token) == (64, 0.5, "abc")
-    assert settings.access_log is False
-    assert parse(["--model", "/m", "--model-name", "x"], {"MAAS_AUTH_TOKEN": "direct"}).auth_token == "direct"
+    assert (settings.model_name, settings.model_version, settings.http.port) == ("digits", "1", 9000)
+    assert (settings.max_batch_size, settings.max_delay_ms, settings.http.auth_token) == (64, 0.5, "abc")
+    assert settings.http.access_log is False
+    assert parse(["--model", "/m", "--model-name", "x"], {"MAAS_AUTH_TOKEN": "direct"}).http.auth_token == "direct"
     with pytest.raises(SettingsError, match=r"--max-delay-ms \(MAAS_MAX_DELAY_MS\) must be a number"):
         parse([], {**env, "MAAS_MAX_DELAY_MS": "soon"})
     with pytest.raises(SettingsError, match="no model"):
