@@ -14,9 +14,14 @@ connections and the drain can act on each by what it is doing:
   (`front.Front`) bounds the body and its time.
 - IDLE: between requests on a keep-alive connection; closed after
   `keep_alive_timeout_seconds`, or after `DRAIN_IDLE_SECONDS` once the server drains.
-- REJECTED: an error response was written; the rest of what the client sends is read and
-  dropped for a short while (lingering close, as nginx and Apache do) so that a client still
-  sending gets to read the response instead of a connection reset.
+- REJECTED: an error response was written and the write side shut; what the client still
+  sends is read and dropped (lingering close, as nginx and Apache do) until it closes, up to
+  `LINGER_BYTES` or `LINGER_SECONDS`, so that a client still sending reads the response
+  rather than a connection reset, and one that hangs up frees its slot at once.
+- CLOSING: closed by the server, waiting for the transport to go.
+
+Connections waiting in the phases that may give way at the cap are kept in insertion-ordered
+dicts, so that finding the one to close is O(1) however many are open.
 
 The hot path (a complete request in one read) arms no timer and allocates nothing extra.
 """
@@ -50,9 +55,9 @@ with a client that sends on it at that instant (RFC 9112 §9.6), which a non-ide
 cannot survive; a client that sends back to back reuses its connection within milliseconds
 and so gets `Connection: close` on its next response instead of a close under its feet."""
 LINGER_SECONDS: Final = 2.0
-LINGER_BYTES: Final = 1 << 20
-"""After an error response, what a client still sends is dropped for this long or this many
-bytes at most, then the connection closes."""
+LINGER_BYTES: Final = 64 * 1024
+"""After the server's own error response, what a client still sends is dropped for this long
+or this many bytes at most, then the connection closes."""
 
 
 class Phase(enum.Enum):
@@ -60,11 +65,12 @@ class Phase(enum.Enum):
     BUSY = "busy"
     IDLE = "idle"
     REJECTED = "rejected"
+    CLOSING = "closing"
 
 
 # Which connection gives way when a new one arrives at the cap: one already answered with an
 # error, then the one waiting longest for its headers, then the one idle longest.
-_EVICTION_ORDER: Final = {Phase.REJECTED: 0, Phase.AWAITING: 1, Phase.IDLE: 2}
+_EVICTION_ORDER: Final = (Phase.REJECTED, Phase.AWAITING, Phase.IDLE)
 
 
 class Connections(ServerState):
@@ -85,6 +91,8 @@ class Connections(ServerState):
         self.error_body = error_body
         self.access_log = access_log
         self.draining = False
+        self._evictable: dict[Phase, dict[GuardedProtocol, None]] = {phase: {} for phase in _EVICTION_ORDER}
+        """Per phase, its connections in the order they entered it (oldest first)."""
         self.all_closed = asyncio.Event()
         """Set once the server drains and its last connection has closed."""
         registry = registry if registry is not None else CollectorRegistry()
@@ -109,23 +117,24 @@ class Connections(ServerState):
         if self.draining and not self.connections:
             self.all_closed.set()
 
+    def moved(self, connection: GuardedProtocol, old: Phase | None, new: Phase | None) -> None:
+        """`connection` left phase `old` for `new` (None: not open)."""
+        if old in self._evictable:
+            del self._evictable[old][connection]
+        if new in self._evictable:
+            self._evictable[new][connection] = None
+
     def make_room(self, newcomer: GuardedProtocol) -> bool:
         """At the cap, close one connection that is not serving a request; False when all are.
 
         Connections busy with a request are never cut: the newcomer is refused instead (503).
         """
-        candidates = [
-            connection
-            for connection in self.connections
-            if isinstance(connection, GuardedProtocol)
-            and connection is not newcomer
-            and connection.phase in _EVICTION_ORDER
-        ]
-        if not candidates:
-            return False
-        victim = min(candidates, key=lambda connection: (_EVICTION_ORDER[connection.phase], connection.since))
-        victim.evict()
-        return True
+        for phase in _EVICTION_ORDER:
+            for connection in self._evictable[phase]:
+                if connection is not newcomer:
+                    connection.evict()
+                    return True
+        return False
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -141,7 +150,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         assert isinstance(server_state, Connections), "GuardedProtocol needs a Connections server state"
         self.guard = server_state
-        self.phase = Phase.AWAITING
+        self.phase: Phase | None = None
+        """None until the connection is made."""
         self.since = self.loop.time()
         """When the current phase began (for AWAITING: the accept, or the request's first byte)."""
         self._deadline: asyncio.TimerHandle | None = None
@@ -151,11 +161,12 @@ class GuardedProtocol(HttpToolsProtocol):
         """Bytes fed to the parser while inside the current request's headers (an upper bound)."""
         self._header_size = 0
         """Size of the current request line and headers, from the parser's callbacks."""
-        self._lingered = 0
+        self._dropped = 0
 
     # --- connection events ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._enter(Phase.AWAITING)
         self._arm_deadline(self.guard.settings.header_timeout_seconds)
         if self.guard.draining:
             self.begin_drain()
@@ -164,27 +175,31 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self.guard.moved(self, self.phase, None)
         super().connection_lost(exc)
         self.guard.closed()
 
     def data_received(self, data: bytes) -> None:
-        if self.phase is Phase.REJECTED:
-            self._linger(len(data))
+        if self._rejected():
+            self._drop(len(data))
             return
         self._unset_keepalive_if_required()
         if self.phase is Phase.IDLE:
             self._enter(Phase.AWAITING)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._unsupported_upgrade_warning()  # no WebSocket here: the request proceeds as plain HTTP
-        except httptools.HttpParserError as error:
-            self._reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {error}", "malformed")
-            return
-        if self._rejected():  # a parser callback may have refused the request
+        # Where this read starts inside a request head, the parser gets at most what the limit
+        # leaves plus one byte: an oversized head is refused having cost no more than the limit.
+        budget = self.guard.settings.max_header_bytes - self._header_bytes
+        if (self._in_headers or self.phase is Phase.AWAITING) and len(data) > budget:
+            if not self._feed(data[: budget + 1]):
+                return
+            if self._in_headers:
+                self._reject_headers_too_large()
+                return
+            data = data[budget + 1 :]  # the head ended inside the budget: the rest is its body
+        if not self._feed(data):
             return
         if self._in_headers:
-            # Counted per read, so that the parser never holds more than the limit and one read.
+            # Counted per read: a head that started inside this read counts from the read's start.
             self._header_bytes += len(data)
             if self._header_bytes > self.guard.settings.max_header_bytes:
                 self._reject_headers_too_large()
@@ -192,33 +207,45 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.phase is Phase.AWAITING and self._deadline is None:
             self._arm_deadline(self.guard.settings.header_timeout_seconds)
 
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when the connection's request was refused meanwhile."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()  # no WebSocket here: the request proceeds as plain HTTP
+        except httptools.HttpParserError as error:
+            self._reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {error}", "malformed")
+        return not self._rejected()
+
     def _rejected(self) -> bool:
-        return self.phase is Phase.REJECTED
+        """Whether the server has refused this connection's request (the parser's output is moot)."""
+        return self.phase is Phase.REJECTED or self.phase is Phase.CLOSING
 
     # --- parser callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.phase is Phase.REJECTED:
+        if self._rejected():
             return
         super().on_message_begin()
         self._in_headers = True
         self._header_bytes = self._header_size = 0
 
     def on_url(self, url: bytes) -> None:
-        if self.phase is Phase.REJECTED:
+        if self._rejected():
             return
         super().on_url(url)
         self._header_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.phase is Phase.REJECTED:
+        if self._rejected():
             return
         super().on_header(name, value)
         self._header_size += len(name) + len(value) + 4  # ": " and CRLF
 
     def on_headers_complete(self) -> None:
-        if self.phase is Phase.REJECTED:
+        if self._rejected():
             return
         self._in_headers = False
+        self._header_bytes = 0
         if self._header_size > self.guard.settings.max_header_bytes:
             self._reject_headers_too_large()
             return
@@ -227,11 +254,11 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        if self.phase is not Phase.REJECTED:
+        if not self._rejected():
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if self.phase is not Phase.REJECTED:
+        if not self._rejected():
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -259,7 +286,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.guard.rejected.labels("connection_limit").inc()
         if self.phase is Phase.AWAITING and self._in_headers:
             self._respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "the server is at its connection limit; retry")
-        self.transport.close()
+        self._close()
 
     def _refuse_at_cap(self) -> None:
         self.guard.rejected.labels("connection_limit").inc()
@@ -269,13 +296,17 @@ class GuardedProtocol(HttpToolsProtocol):
             f"the server has {limit} connections busy with requests, its limit; retry",
             retry_after=True,
         )
-        self.phase = Phase.REJECTED
-        self.transport.close()
+        self._close()
 
     # --- timers -----------------------------------------------------------------------------
     def _enter(self, phase: Phase) -> None:
+        self.guard.moved(self, self.phase, phase)
         self.phase = phase
         self.since = self.loop.time()
+
+    def _close(self) -> None:
+        self._enter(Phase.CLOSING)
+        self.transport.close()
 
     def _arm_deadline(self, seconds: float) -> None:
         self._cancel_deadline()
@@ -323,18 +354,17 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_headers = False
         if self.cycle is not None and not self.cycle.response_complete:
             # A request is being served on this connection: no room for a second response.
-            self.phase = Phase.REJECTED
-            self.transport.close()
+            self._close()
             return
         self._respond(status, message)
-        self.phase = Phase.REJECTED
+        self._enter(Phase.REJECTED)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
-    def _linger(self, size: int) -> None:
-        self._lingered += size
-        if self._lingered > LINGER_BYTES:
+    def _drop(self, size: int) -> None:
+        self._dropped += size
+        if self._dropped > LINGER_BYTES:
             self.transport.close()
 
     def _respond(self, status: http.HTTPStatus, message: str, *, retry_after: bool = False) -> None:

@@ -140,8 +140,11 @@ def ensure_file_limit(max_connections: int) -> None:
     """Raise the soft limit on open files to the hard one; SettingsError when the cap cannot fit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. an unlimited hard limit above the kernel's nr_open
+            pass
     needed = max_connections + RESERVED_FILES
     if soft != resource.RLIM_INFINITY and soft < needed:
         raise SettingsError(
