@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint format crds bench e2e clean
+.PHONY: install run test unit lint format crds deploy bench e2e clean
 
 install: $(STAMP)
 
@@ -42,6 +42,11 @@ format: install
 crds: install
 	$(BIN)/maas crds --output-dir crds
 	cp crds/*.yaml charts/maas-operator/crds/
+
+# Regenerate deploy/install.yaml (the chart, default values), deploy/argocd/argocd-cm.yaml and the
+# chart's Grafana dashboards (a test fails when any of them is stale).
+deploy: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python scripts/render_deploy.py
 
 # Each prints a table and writes benchmarks/results/<name>.json (minutes each; not tests).
 bench: install

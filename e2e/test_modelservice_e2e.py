@@ -31,6 +31,25 @@ def test_api_server_refuses_bad_modelservices(namespace: str) -> None:  # noqa: 
     assert refused.returncode != 0 and "set replicas or autoscaling, not both" in refused.stderr
 
 
+def test_a_dotted_name_is_refused_at_admission(namespace: str) -> None:  # noqa: F811
+    refused = kubectl("apply", "-n", namespace, "-f", "-", stdin=modelservice("digits.v2"), check=False)
+    assert refused.returncode != 0 and "metadata.name must be a DNS-1035 label" in refused.stderr, refused.stderr
+
+
+def test_quantities_and_labels_are_checked_at_admission(namespace: str) -> None:  # noqa: F811
+    for spec, says in [
+        ({"resources": {"cpu": -1}}, "must be a positive Kubernetes quantity"),
+        ({"resources": {"memory": "0"}}, "must be a positive Kubernetes quantity"),
+        ({"labels": {"app.kubernetes.io/name": "x"}}, "are set by the operator"),
+    ]:
+        refused = kubectl("apply", "-n", namespace, "-f", "-", stdin=modelservice("checked", **spec), check=False)
+        assert refused.returncode != 0 and says in refused.stderr, refused.stderr
+    accepted = kubectl(
+        "apply", "-n", namespace, "-f", "-", stdin=modelservice("forms", resources={"cpu": "1e-1", "memory": "1.5Gi"})
+    )
+    assert accepted.returncode == 0
+
+
 @pytest.mark.skipif(not os.environ.get("MAAS_E2E_IMAGE"), reason="set MAAS_E2E_IMAGE to a built workloads image")
 def test_children_are_admitted_and_rolled_out(namespace: str) -> None:  # noqa: F811
     operator = subprocess.Popen(

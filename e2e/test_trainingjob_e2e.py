@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from maas_operator.api.trainingjob import MAX_NAME_LENGTH
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAININGJOB_NAME_LIMIT = MAX_NAME_LENGTH
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -24,8 +27,7 @@ def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subproc
 
 @pytest.fixture(scope="module")
 def namespace() -> Iterator[str]:
-    kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/trainingjobs.maas.dev", "--timeout=60s")
+    """A namespace under the "restricted" Pod Security profile (conftest installed the CRDs)."""
     name = f"maas-e2e-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", name)
     kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
@@ -57,6 +59,26 @@ def test_api_server_refuses_bad_specs(namespace: str) -> None:
     )
     assert refused.returncode != 0
     assert "minReplicas must be less than or equal to replicas" in refused.stderr
+
+
+@pytest.mark.parametrize("name", ["digits.v2", "2digits", "x" * (TRAININGJOB_NAME_LIMIT + 1)])
+def test_names_no_child_could_carry_are_refused_at_admission(namespace: str, name: str) -> None:
+    refused = kubectl("apply", "-n", namespace, "-f", "-", stdin=trainingjob(name), check=False)
+    assert refused.returncode != 0 and "metadata.name must be" in refused.stderr, refused.stderr
+
+
+def test_immutable_fields_cannot_be_added(namespace: str) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=trainingjob("unset", runPolicy={"suspend": True}))
+    added = kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        stdin=trainingjob("unset", image="example/other:1", runPolicy={"suspend": True}),
+        check=False,
+    )
+    assert added.returncode != 0 and "image is immutable" in added.stderr, added.stderr
 
 
 def test_immutable_fields(namespace: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,7 @@ spec:
     modelOptions: {hiddenSize: 32, layers: 1}
   workers: {replicas: 1, resources: {cpu: "1"}}
   output: {pvc: {claimName: store, path: tiny/model}}
+  checkpoint: {pvc: {claimName: store, path: tiny/checkpoints}}
 ---
 apiVersion: maas.dev/v1alpha1
 kind: ModelService
@@ -62,10 +64,18 @@ def test_train_then_serve_on_this_machine(tmp_path: pathlib.Path) -> None:
     result = maas_run(tmp_path, FILES)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "trained: file://" in result.stdout and "/run/volumes/store/tiny/model" in result.stdout
-    assert "inference on an all-zero input: {'logits': [" in result.stdout
+    # A real digit the model never trained on, answered with the predicted and the true label.
+    pattern = r"held out from training: predicted (\d) \(score [-\d.e]+\), true label (\d): (\w+)"
+    answer = re.search(pattern, result.stdout)
+    assert answer is not None, result.stdout
+    assert answer.group(3) == ("correct" if answer.group(1) == answer.group(2) else "wrong")
     assert "server drained and exited with 0" in result.stdout
-    artifact = tmp_path / "run" / "volumes" / "store" / "tiny" / "model"
-    assert (artifact / "manifest.json").exists()
+    volume = tmp_path / "run" / "volumes" / "store" / "tiny"
+    assert (volume / "model" / "manifest.json").exists()
+    # The run ends by saying where everything is.
+    assert f"artifact:    {volume / 'model'}" in result.stdout
+    assert f"checkpoints: {volume / 'checkpoints'}" in result.stdout and any((volume / "checkpoints").iterdir())
+    assert "tiny-head.log" in result.stdout.split("logs:", 1)[1]
 
 
 def test_a_secret_missing_from_the_files_is_named_before_training(tmp_path: pathlib.Path) -> None:

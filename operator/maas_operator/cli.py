@@ -14,13 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from maas_operator.api.common import describe_validation_error
 from maas_operator.api.crd import custom_resource_definition
 from maas_operator.api.modelservice import KIND as MODELSERVICE_KIND
 from maas_operator.api.modelservice import ModelServiceSpec, ModelServiceStatus
-from maas_operator.api.resources import ALL
+from maas_operator.api.resources import ALL, InvalidResourceError, parse_spec
 from maas_operator.api.trainingjob import KIND as TRAININGJOB_KIND
 from maas_operator.api.trainingjob import TrainingJobSpec
 from maas_operator.builders.meta import Owner
@@ -51,12 +49,9 @@ def crds_command(args: argparse.Namespace) -> int:
 
 
 def _owner(document: dict[str, Any]) -> Owner:
-    metadata = document.get("metadata") or {}
+    metadata = document["metadata"]
     return Owner(
-        document["kind"],
-        metadata.get("name", "unnamed"),
-        metadata.get("namespace", "default"),
-        metadata.get("uid", PLACEHOLDER_UID),
+        document["kind"], metadata["name"], metadata.get("namespace", "default"), metadata.get("uid", PLACEHOLDER_UID)
     )
 
 
@@ -66,15 +61,15 @@ def render_objects(
     """The children the operator creates first for one custom resource.
 
     A ModelService goes through the real planner, with the TrainingJobs of the same file as
-    the ones it may reference: until one has succeeded, nothing is created for it.
+    the ones it may reference: until one has succeeded, nothing is created for it. Raises
+    InvalidResourceError, naming the field, for what the API server or the operator would refuse.
     """
+    spec = parse_spec(document)
     owner = _owner(document)
-    if document["kind"] == TRAININGJOB_KIND:
-        spec = TrainingJobSpec.model_validate(document.get("spec") or {})
+    if isinstance(spec, TrainingJobSpec):
         return attempt_children(owner, spec, 1, config.training_image)
-    service = ModelServiceView(
-        owner, 1, ModelServiceSpec.model_validate(document.get("spec") or {}), None, ModelServiceStatus()
-    )
+    assert isinstance(spec, ModelServiceSpec)
+    service = ModelServiceView(owner, 1, spec, None, ModelServiceStatus())
     plan = plan_modelservice(
         service,
         ModelServiceObserved(training_jobs=training_jobs),
@@ -87,20 +82,30 @@ def render_objects(
     return [action.manifest for action in plan.actions if isinstance(action, Create)]
 
 
+def _read_documents(path: str) -> list[dict[str, Any]]:
+    """The TrainingJob and ModelService documents of a YAML file (or stdin for `-`)."""
+    text = sys.stdin.read() if path == "-" else pathlib.Path(path).read_text()
+    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") in RENDERED_KINDS]
+
+
 def render_command(args: argparse.Namespace) -> int:
     config = OperatorConfig.from_env()
-    text = sys.stdin.read() if args.file == "-" else pathlib.Path(args.file).read_text()
-    documents = [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") in RENDERED_KINDS]
+    try:
+        documents = _read_documents(args.file)
+    except (OSError, yaml.YAMLError) as error:
+        print(f"maas render: cannot read {args.file}: {error}", file=sys.stderr)
+        return 2
     training_jobs: dict[str, dict[str, Any] | None] = {
-        (d.get("metadata") or {}).get("name", ""): d for d in documents if d["kind"] == TRAININGJOB_KIND
+        str((d.get("metadata") or {}).get("name", "")): d for d in documents if d["kind"] == TRAININGJOB_KIND
     }
     rendered: list[dict[str, Any]] = []
     for document in documents:
         try:
             rendered.extend(render_objects(document, config, training_jobs))
-        except ValidationError as error:
-            name = (document.get("metadata") or {}).get("name", "?")
-            print(f"{document['kind']} {name}: {describe_validation_error(error)}", file=sys.stderr)
+        except InvalidResourceError as error:
+            metadata = document.get("metadata")
+            name = metadata.get("name", "?") if isinstance(metadata, dict) else "?"
+            print(f"{document['kind']} {name}: {error}", file=sys.stderr)
             return 2
     if not documents:
         print(f"{args.file}: no {' or '.join(RENDERED_KINDS)} found", file=sys.stderr)
@@ -126,6 +131,9 @@ def run_command(args: argparse.Namespace) -> int:
             signal.pause()
 
     try:
+        for document in documents:
+            if document.get("kind") in RENDERED_KINDS:
+                parse_spec(document)
         local.run(
             documents,
             pathlib.Path(args.workdir),
@@ -133,8 +141,8 @@ def run_command(args: argparse.Namespace) -> int:
             config.serving_image,
             keep_serving=wait_for_interrupt if args.keep_serving else None,
         )
-    except ValidationError as error:
-        print(describe_validation_error(error), file=sys.stderr)
+    except InvalidResourceError as error:
+        print(f"maas run: {error}", file=sys.stderr)
         return 2
     except local.RunError as error:
         print(f"maas run: {error}", file=sys.stderr)

@@ -29,7 +29,15 @@ from typing import Any, TextIO
 from maas_operator.api.modelservice import ModelServiceSpec, ModelServiceStatus
 from maas_operator.api.trainingjob import TrainingJobSpec
 from maas_operator.builders.meta import Owner
-from maas_operator.builders.trainingjob import attempt_children
+from maas_operator.builders.trainingjob import attempt_children, storage_wiring
+from maas_operator.local_report import (
+    Example,
+    describe_answer,
+    fits,
+    held_out_example,
+    inference_request,
+    where_things_are,
+)
 from maas_operator.status.modelservice import ModelServiceView, Observed, plan_modelservice
 from maas_operator.status.plan import Create
 from maas_workloads import contract
@@ -237,8 +245,9 @@ def serve(
     training_jobs: Mapping[str, dict[str, Any] | None],
     image: str,
     keep_serving: Callable[[str], None] | None = None,
+    example: Example | None = None,
 ) -> dict[str, Any]:
-    """Start the stable pod of a ModelService, wait until it is ready, send one request."""
+    """Start the stable pod of a ModelService, wait until it is ready, send it `example` (or zeros)."""
     metadata = document.get("metadata") or {}
     owner = Owner("ModelService", metadata.get("name", "local"), NAMESPACE, str(uuid.uuid4()))
     spec = ModelServiceSpec.model_validate(document.get("spec") or {})
@@ -270,11 +279,11 @@ def serve(
     token = env.get(contract.ENV_AUTH_TOKEN)
     metadata_url = f"{url}/v2/models/{owner.name}"
     description = _get_json(metadata_url, token)
-    request = {"inputs": [_zeros(tensor) for tensor in description.get("inputs", [])]}
-    answer = _get_json(f"{metadata_url}/infer", token, request)
+    sent = example if fits(description, example) else None
+    answer = _get_json(f"{metadata_url}/infer", token, inference_request(description, sent))
     outputs = {o["name"]: o.get("data", [])[:10] for o in answer.get("outputs", [])}
     kubelet.say(f"serving {plan.status.model.uri if plan.status.model else '?'} at {url} (OIP v2, KServe v1)")
-    kubelet.say(f"inference on an all-zero input: {outputs}")
+    kubelet.say(describe_answer(answer, sent))
     if keep_serving is not None:
         keep_serving(url)
     code = kubelet.stop(server)
@@ -288,15 +297,6 @@ def _ready(url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _zeros(tensor: Mapping[str, Any]) -> dict[str, Any]:
-    shape = [1 if dim < 0 else int(dim) for dim in tensor["shape"]]
-    count = 1
-    for dim in shape:
-        count *= dim
-    value: Any = False if tensor["datatype"] == "BOOL" else ("" if tensor["datatype"] == "BYTES" else 0)
-    return {"name": tensor["name"], "datatype": tensor["datatype"], "shape": shape, "data": [value] * count}
 
 
 def preflight(kubelet: LocalKubelet, service: Mapping[str, Any]) -> None:
@@ -341,8 +341,28 @@ def run(
         and ((d.get("spec") or {}).get("model") or {}).get("trainingJobRef", {}).get("name") == name
     ]
     service = services[0] if services else default_modelservice(name)
+    spec = TrainingJobSpec.model_validate(job.get("spec") or {})
+    trained: dict[str, Any] = {}
     with local_kubelet(workdir, secrets_of(documents), out) as kubelet:
-        preflight(kubelet, service)
-        trained = train(kubelet, job, training_image)
-        served = serve(kubelet, service, {name: trained}, serving_image, keep_serving)
+        try:
+            preflight(kubelet, service)
+            trained = train(kubelet, job, training_image)
+            example = _example(kubelet, spec)
+            served = serve(kubelet, service, {name: trained}, serving_image, keep_serving, example)
+        finally:
+            locations = storage_wiring(spec).env
+            checkpoints = locations.get(contract.ENV_CHECKPOINT_URI)
+            artifact = ((trained.get("status") or {}).get("model") or {}).get("uri")
+            for line in where_things_are(
+                kubelet.workdir, kubelet.localize(checkpoints) if checkpoints else None, artifact
+            ):
+                kubelet.say(line)
     return {"model": trained["status"]["model"], **served}
+
+
+def _example(kubelet: LocalKubelet, spec: TrainingJobSpec) -> Example | None:
+    try:
+        return held_out_example(spec)
+    except Exception as error:  # failing to load the data (e.g. from s3://) only costs the example
+        kubelet.say(f"no held-out example ({error}); sending an all-zero input")
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import pytest
 import yaml
@@ -56,3 +57,48 @@ def test_render_names_the_bad_field(tmp_path: pathlib.Path, capsys: pytest.Captu
     )
     code, _, err = render(manifest, capsys)
     assert code == 2 and "set replicas or autoscaling, not both" in err
+
+
+MS_WITH = "apiVersion: maas.dev/v1alpha1\nkind: ModelService\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            MS_WITH.format(name="digits.v2", spec="{model: {uri: 's3://models/iris'}}"),
+            "metadata.name must be a DNS-1035",
+        ),
+        (MS_WITH.format(name="1digits", spec="{model: {uri: 's3://models/iris'}}"), "metadata.name must be a DNS-1035"),
+        (
+            MS_WITH.format(name="iris", spec="{model: {uri: 's3://models/iris'}, resources: {cpu: -1}}"),
+            "spec.resources.cpu: must be a positive",
+        ),
+        (
+            MS_WITH.format(name="iris", spec="{model: {uri: 's3://models/iris'}, resources: {gpu: '1'}}"),
+            "spec.resources.gpu",
+        ),
+        (
+            MS_WITH.format(name="iris", spec="{model: {uri: 's3://models/iris'}, labels: {maas.dev/x: y}}"),
+            "are set by the operator",
+        ),
+        (MS_WITH.format(name="iris", spec="[1, 2]"), "spec: Required value"),
+        ("kind: ModelService\nmetadata: {name: [\n", "cannot read"),
+    ],
+)
+def test_render_refuses_bad_input_cleanly(
+    text: str, says: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(text)
+    code, _, err = render(manifest, capsys)
+    assert code == 2 and says in err and "Traceback" not in err, err
+
+
+def test_render_any_cpu_quantity(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = tmp_path / "ms.yaml"
+    manifest.write_text(MS_WITH.format(name="iris", spec="{model: {uri: 's3://models/iris'}, resources: {cpu: 2G}}"))
+    code, objects, _ = render(manifest, capsys)
+    deployment: Any = next(o for o in objects if o["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert code == 0 and env["OMP_NUM_THREADS"] == "2000000000"

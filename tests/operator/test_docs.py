@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from maas_operator.api import modelservice as ms
 from maas_operator.api.trainingjob import CheckpointSpec, RunPolicy, TrainingJobSpec, TrainingJobStatus, WorkerSpec
+from maas_operator.status import kstatus
 from maas_operator.status import modelservice as service_states
 from maas_operator.status import trainingjob as states
 
@@ -55,6 +56,8 @@ def test_readme_names_every_condition() -> None:
         states.SUCCEEDED,
         states.FAILED,
         *service_states.CONDITION_TYPES,
+        kstatus.RECONCILING,
+        kstatus.STALLED,
     ):
         assert f"`{condition}`" in README, condition
 

@@ -80,7 +80,7 @@ def test_storage_wiring_mounts_each_claim_once() -> None:
         "MAAS_CHECKPOINT_URI": "file:///mnt/maas/maas-artifacts/digits/checkpoints",
         "MAAS_OUTPUT_URI": "file:///mnt/maas/maas-artifacts/digits/model",
     }
-    assert len(wiring.volumes) == 1 and wiring.mounts[0]["mountPath"] == "/mnt/maas/maas-artifacts"
+    assert [(v.volume["name"], v.mount_path) for v in wiring.volumes] == [("maas-pvc-0", "/mnt/maas/maas-artifacts")]
 
 
 def test_user_env_overrides_operator_env() -> None:

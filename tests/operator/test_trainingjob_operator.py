@@ -401,6 +401,10 @@ async def test_metrics_and_liveness_endpoints(cluster: Cluster, tmp_path: pathli
                 "maas_trainingjob_worker_restarts_total 1.0",
                 "maas_trainingjob_time_to_running_seconds_count 1.0",
                 'maas_reconcile_duration_seconds_bucket{kind="TrainingJob"',
+                # Per-object state (state_metrics.py) from the status the operator wrote; labels sorted.
+                'maas_trainingjob_status_worker_restarts_total{namespace="team-a",trainingjob="digits"} 1.0',
+                'maas_trainingjob_status_condition{namespace="team-a",reason="PodsCreated",status="True",'
+                'trainingjob="digits",type="Created"} 1.0',
             ]
             return text if all(w in text for w in wanted) else None
 

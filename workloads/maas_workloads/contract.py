@@ -175,3 +175,24 @@ DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS: Final = 75.0
 """Longer than common load balancers' idle timeouts (AWS ALB 60 s), so that they close first:
 a server closing an idle connection races with a client sending on it."""
 DEFAULT_MAX_CONNECTIONS: Final = 1024
+
+# --- LLM serving metrics -------------------------------------------------------------------
+# vLLM's OpenAI server exports these (label VLLM_MODEL_LABEL on each); every LLM engine a
+# ModelService runs (builtin and vllm) exports the same names, so the chart's alerts and
+# dashboards and any HPA rule serve both. Family names as prometheus_client takes them: a
+# counter `x` is exposed as `x_total`, a histogram `x` as `x_bucket`, `x_sum`, `x_count`.
+# Source: vLLM's metrics documentation (v1 engine); the LLM server imports this table.
+VLLM_MODEL_LABEL: Final = "model_name"
+VLLM_METRICS: Final[dict[str, str]] = {
+    "vllm:num_requests_running": "gauge",
+    "vllm:num_requests_waiting": "gauge",
+    "vllm:kv_cache_usage_perc": "gauge",
+    "vllm:time_to_first_token_seconds": "histogram",
+    "vllm:inter_token_latency_seconds": "histogram",
+    "vllm:e2e_request_latency_seconds": "histogram",
+    "vllm:request_queue_time_seconds": "histogram",
+    "vllm:prompt_tokens": "counter",
+    "vllm:generation_tokens": "counter",
+    "vllm:request_success": "counter",
+}
+"""Metric family name -> Prometheus type. `vllm:request_success` also carries `finished_reason`."""

@@ -1,7 +1,10 @@
 """CustomResourceDefinitions generated from the pydantic models (the single source of truth).
 
-Pydantic's JSON Schema is turned into a Kubernetes *structural* schema: references inlined,
-every node typed, `null` branches of optional fields dropped, titles removed.
+Pydantic's JSON Schema is turned into a Kubernetes *structural* schema (apiextensions.k8s.io/v1,
+"Specifying a structural schema"): references inlined, every node typed, `null` branches of
+optional fields and `null` defaults dropped, titles removed, and int-or-string fields in the one
+form a structural schema allows, `anyOf: [{type: integer}, {type: string}]` with every constraint
+beside it. tests/operator/structural.py checks the result against the API server's rules.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from maas_operator.api.validation import Rule
 from maas_workloads.contract import API_GROUP, API_VERSION
 
 _DROPPED_KEYS = {"title", "$defs", "additionalProperties"}
+INT_OR_STRING_BRANCHES = [{"type": "integer"}, {"type": "string"}]
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,8 @@ class CrdSpec:
     short_names: list[str]
     spec_model: type[BaseModel]
     status_model: type[BaseModel]
-    max_name_length: int
+    name_rules: list[Rule]
+    """CEL rules on metadata.name, at the root of the schema."""
     printer_columns: list[PrinterColumn] = field(default_factory=list)
     categories: list[str] = field(default_factory=lambda: ["maas"])
 
@@ -55,7 +61,9 @@ def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
             merged["x-kubernetes-validations"] = target["x-kubernetes-validations"] + node["x-kubernetes-validations"]
         return _convert(merged, definitions) if "$ref" in merged else merged
 
-    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+    if node.get("x-kubernetes-int-or-string"):
+        return _int_or_string(node)
+    if "anyOf" in node:
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if len(branches) != 1:
             raise ValueError(f"cannot express a union of {branches} as a structural schema")
@@ -86,11 +94,24 @@ def _convert(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
         result.setdefault("type", "object")
     if "enum" in result and "type" not in result:
         result["type"] = "string"
+    if "default" in result and result["default"] is None:
+        result.pop("default")  # a null default is no default; the API server would prune it
     if result.get("default") in ({}, []) and "properties" not in result:
         result.pop("default")  # empty maps and lists are the same as absent
     if result.get("default") == {} and "properties" in result:
         result["default"] = {}
     return result
+
+
+def _int_or_string(node: dict[str, Any]) -> dict[str, Any]:
+    """An int-or-string node in its structural form; ValueError for a branch that constrains more."""
+    branches = [branch for branch in node.get("anyOf", INT_OR_STRING_BRANCHES) if branch.get("type") != "null"]
+    if sorted(branches, key=lambda branch: str(branch.get("type"))) != INT_OR_STRING_BRANCHES:
+        raise ValueError(f"int-or-string branches {branches}: put constraints beside anyOf, not inside")
+    result = {key: value for key, value in node.items() if key not in _DROPPED_KEYS | {"anyOf", "type"}}
+    if result.get("default") is None:
+        result.pop("default", None)
+    return {**result, "anyOf": [dict(branch) for branch in INT_OR_STRING_BRANCHES]}
 
 
 def custom_resource_definition(spec: CrdSpec) -> dict[str, Any]:
@@ -138,13 +159,7 @@ def custom_resource_definition(spec: CrdSpec) -> dict[str, Any]:
                             "type": "object",
                             "description": spec_schema.get("description", spec.kind),
                             "required": ["spec"],
-                            "x-kubernetes-validations": [
-                                {
-                                    "rule": f"size(self.metadata.name) <= {spec.max_name_length}",
-                                    "message": f"metadata.name must be at most {spec.max_name_length} "
-                                    "characters, so that child object names fit in 63",
-                                }
-                            ],
+                            "x-kubernetes-validations": [rule.schema() for rule in spec.name_rules],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

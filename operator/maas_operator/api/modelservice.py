@@ -2,51 +2,85 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
+from maas_operator.api import trainingjob
 from maas_operator.api.common import (
     ApiModel,
     Condition,
     LocalObjectReference,
-    PodOptions,
+    ObjectName,
     SecretKeySelector,
     cel,
     conditions_schema_extra,
     preserve_unknown,
 )
+from maas_operator.api.names import max_name_length, name_rules
+from maas_operator.api.pods import Annotations, PodOptions, pod_rules
+from maas_operator.api.validation import DNS1035_LABEL, Rule, enforcer, full_match, int_or_string
 from maas_workloads import contract
 
 KIND = "ModelService"
 PLURAL = "modelservices"
-MAX_NAME_LENGTH = 52
-"""Leaves room for the `-canary` Deployment and its ReplicaSet's hash inside 63 characters."""
+CANARY_SUFFIX = "-canary"
+LONGEST_CHILD_SUFFIX = CANARY_SUFFIX
+"""The canary Deployment, `<name>-canary`, has the longest name the operator derives. (The names
+Kubernetes derives from it for ReplicaSets and Pods may be longer: generateName shortens those,
+and a Pod's hostname is cut to 63 characters by the kubelet, so they never make a child invalid.)"""
+NAME_RULES = name_rules(KIND, LONGEST_CHILD_SUFFIX)
+MAX_NAME_LENGTH = max_name_length(LONGEST_CHILD_SUFFIX)
 
 MODEL_URI_PATTERN = (
     r"^(s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9]/.+|file:///.+|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.*|https://.+)$"
 )
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-IntOrPercent = int | str
-_INT_OR_PERCENT_SCHEMA: dict[str, Any] = {
-    "x-kubernetes-int-or-string": True,
-    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^[0-9]+%$"}],
-}
 
 
-def _int_or_percent(description: str) -> dict[str, Any]:
-    return {**_INT_OR_PERCENT_SCHEMA, "description": description}
+def _count_or_percent(percent: str, message: str) -> Rule:
+    return Rule(
+        f"type(self) == int ? self >= 0 : self.matches('^{percent}%$')",
+        message,
+        lambda value: value >= 0 if isinstance(value, int) else full_match(f"{percent}%", value),
+    )
 
 
-def _check_int_or_percent(field: str, value: int | str | None) -> None:
-    if isinstance(value, str) and not (value.endswith("%") and value[:-1].isdigit()):
-        raise ValueError(f"{field} must be a number of pods (e.g. 1) or a percentage (e.g. 25%), not {value!r}")
-    if isinstance(value, int) and value < 0:
-        raise ValueError(f"{field} must not be negative")
+COUNT_OR_PERCENT = _count_or_percent("[0-9]+", "must be a number of pods (e.g. 1) or a percentage (e.g. 25%)")
+COUNT_OR_PERCENT_UP_TO_100 = _count_or_percent(
+    "0*([0-9]|[1-9][0-9]|100)", "must be a number of pods (e.g. 1) or a percentage of at most 100% (e.g. 25%)"
+)
+"""Deployments refuse a maxUnavailable, PodDisruptionBudgets any bound, above 100%."""
+Surge = Annotated[
+    int | str,
+    AfterValidator(enforcer([COUNT_OR_PERCENT])),
+    Field(json_schema_extra=int_or_string([COUNT_OR_PERCENT], 16)),
+]
+Unavailable = Annotated[
+    int | str,
+    AfterValidator(enforcer([COUNT_OR_PERCENT_UP_TO_100])),
+    Field(json_schema_extra=int_or_string([COUNT_OR_PERCENT_UP_TO_100], 16)),
+]
+
+
+def _is_zero(field: str) -> str:
+    return f"(type(self.{field}) == int ? self.{field} == 0 : self.{field}.matches('^0+%$'))"
+
+
+NOT_BOTH_ZERO = Rule(
+    f"!({_is_zero('maxSurge')} && {_is_zero('maxUnavailable')})",
+    "rollout.maxSurge and rollout.maxUnavailable cannot both be 0",
+    lambda rollout: (
+        not all(
+            value == 0 if isinstance(value, int) else full_match("0+%", value)
+            for value in (rollout.max_surge, rollout.max_unavailable)
+        )
+    ),
+)
 
 
 class TrainingJobReference(ApiModel):
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    name: str = Field(min_length=1, max_length=trainingjob.MAX_NAME_LENGTH, pattern=f"^{DNS1035_LABEL}$")
     """A TrainingJob in the same namespace; its status.model is served once it has succeeded."""
 
 
@@ -171,10 +205,12 @@ class CanarySpec(ApiModel):
 
 
 class RolloutSpec(ApiModel):
-    max_surge: IntOrPercent = Field(default="25%", json_schema_extra=_int_or_percent("Extra pods during a rollout."))
-    max_unavailable: IntOrPercent = Field(
-        default=0, json_schema_extra=_int_or_percent("Pods that may be unavailable during a rollout.")
-    )
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [NOT_BOTH_ZERO.schema()]})
+
+    max_surge: Surge = "25%"
+    """Extra pods during a rollout."""
+    max_unavailable: Unavailable = 0
+    """Pods that may be unavailable during a rollout."""
     progress_deadline_seconds: int = Field(default=600, ge=30, le=86_400)
     """A rollout not available within this time has failed (ProgressDeadlineExceeded)."""
     auto_rollback: bool = True
@@ -182,11 +218,8 @@ class RolloutSpec(ApiModel):
     canary: CanarySpec | None = None
 
     @model_validator(mode="after")
-    def _valid_counts(self) -> RolloutSpec:
-        _check_int_or_percent("rollout.maxSurge", self.max_surge)
-        _check_int_or_percent("rollout.maxUnavailable", self.max_unavailable)
-        if self.max_surge in (0, "0%") and self.max_unavailable in (0, "0%"):
-            raise ValueError("rollout.maxSurge and rollout.maxUnavailable cannot both be 0")
+    def _not_both_zero(self) -> RolloutSpec:
+        NOT_BOTH_ZERO.enforce(self)
         return self
 
 
@@ -204,25 +237,21 @@ class DisruptionSpec(ApiModel):
         }
     )
 
-    min_available: IntOrPercent | None = Field(
-        default=None, json_schema_extra=_int_or_percent("Pods that must stay available during node drains.")
-    )
-    max_unavailable: IntOrPercent | None = Field(
-        default=None, json_schema_extra=_int_or_percent("Pods that may be down at once during node drains.")
-    )
+    min_available: Unavailable | None = None
+    """Pods that must stay available during node drains."""
+    max_unavailable: Unavailable | None = None
+    """Pods that may be down at once during node drains."""
 
     @model_validator(mode="after")
     def _at_most_one(self) -> DisruptionSpec:
         if self.min_available is not None and self.max_unavailable is not None:
             raise ValueError("set minAvailable or maxUnavailable, not both")
-        _check_int_or_percent("disruption.minAvailable", self.min_available)
-        _check_int_or_percent("disruption.maxUnavailable", self.max_unavailable)
         return self
 
 
 class ServiceOptions(ApiModel):
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
-    annotations: dict[str, str] = Field(default_factory=dict)
+    annotations: Annotations = Field(default_factory=dict)
     """Annotations of the Service (for example for a cloud load balancer)."""
 
 
@@ -230,21 +259,19 @@ class ModelServiceSpec(PodOptions):
     """An autoscaled inference Deployment behind a Service, serving one model artifact."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!(has(self.replicas) && has(self.autoscaling))",
-                    "set replicas or autoscaling, not both",
-                    fieldPath=".replicas",
-                ),
-                cel(
-                    "!has(self.autoscaling) || self.autoscaling.metric != 'cpu' || "
-                    "(has(self.resources) && has(self.resources.cpu))",
-                    "autoscaling on cpu needs resources.cpu: utilization is measured against the request",
-                    fieldPath=".autoscaling",
-                ),
-            ]
-        }
+        json_schema_extra=pod_rules(
+            cel(
+                "!(has(self.replicas) && has(self.autoscaling))",
+                "set replicas or autoscaling, not both",
+                fieldPath=".replicas",
+            ),
+            cel(
+                "!has(self.autoscaling) || self.autoscaling.metric != 'cpu' || "
+                "(has(self.resources) && has(self.resources.cpu))",
+                "autoscaling on cpu needs resources.cpu: utilization is measured against the request",
+                fieldPath=".autoscaling",
+            ),
+        )
     )
 
     model: ModelSource
@@ -252,7 +279,7 @@ class ModelServiceSpec(PodOptions):
     """Server image; the operator's default serving image when empty."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
-    service_account_name: str | None = None
+    service_account_name: ObjectName | None = None
     replicas: int | None = Field(default=None, ge=0, le=1000)
     """A fixed number of pods (default 1). Set this or autoscaling."""
     autoscaling: AutoscalingSpec | None = None
@@ -264,7 +291,7 @@ class ModelServiceSpec(PodOptions):
     disruption: DisruptionSpec | None = None
     """Defaults to maxUnavailable: 1 whenever more than one replica may run."""
     service: ServiceOptions = Field(default_factory=ServiceOptions)
-    priority_class_name: str | None = None
+    priority_class_name: ObjectName | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelServiceSpec:

@@ -10,38 +10,45 @@ from maas_operator.api.common import (
     ApiModel,
     Condition,
     LocalObjectReference,
-    PodOptions,
+    ObjectName,
     StorageLocation,
     cel,
     conditions_schema_extra,
-    immutable,
 )
+from maas_operator.api.names import max_name_length, name_rules
+from maas_operator.api.pods import PodOptions, pod_rules
 from maas_operator.api.trainer import TrainerSpec
+from maas_operator.api.validation import DNS_LABEL_MAX_LENGTH, LABEL_VALUE, Rule
 
 KIND = "TrainingJob"
 PLURAL = "trainingjobs"
-MAX_NAME_LENGTH = 45
-"""Leaves room for `-worker-NNNN` and the Ray head Service inside the 63-character DNS label."""
+MAX_WORKERS = 1000
+LONGEST_CHILD_SUFFIX = f"-worker-{MAX_WORKERS - 1}"
+"""The longest suffix of a child's name: `-head` (Pod, Service) and `-ray` (NetworkPolicy) are shorter."""
+NAME_RULES = name_rules(KIND, LONGEST_CHILD_SUFFIX)
+MAX_NAME_LENGTH = max_name_length(LONGEST_CHILD_SUFFIX)
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+IMMUTABLE_FIELDS = ("image", "trainer", "command", "args", "workers", "head", "checkpoint", "output")
+"""What an attempt's pods are built from: a change would make the next attempt a different run."""
+_LIST_FIELDS = ("command", "args")
 
 
 class WorkerSpec(PodOptions):
     """The worker pods: one Ray Train worker (one process, its GPUs) per pod."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.minReplicas) || self.minReplicas <= self.replicas",
-                    "minReplicas must be less than or equal to replicas",
-                    fieldPath=".minReplicas",
-                )
-            ]
-        }
+        json_schema_extra=pod_rules(
+            cel(
+                "!has(self.minReplicas) || self.minReplicas <= self.replicas",
+                "minReplicas must be less than or equal to replicas",
+                fieldPath=".minReplicas",
+            )
+        )
     )
 
-    replicas: int = Field(default=1, ge=1, le=1000)
+    replicas: int = Field(default=1, ge=1, le=MAX_WORKERS)
     """Worker pods to run."""
-    min_replicas: int | None = Field(default=None, ge=1, le=1000)
+    min_replicas: int | None = Field(default=None, ge=1, le=MAX_WORKERS)
     """The run starts, and keeps going, with at least this many workers; defaults to replicas."""
 
     @model_validator(mode="after")
@@ -84,10 +91,35 @@ class RunPolicy(ApiModel):
     """Pods deleted at the end: All, Running (keeps the finished head pod for its logs), or None."""
     suspend: bool = False
     """true deletes the pods and holds the run; false resumes it without charging an attempt."""
-    priority_class_name: str | None = None
-    scheduler_name: str | None = None
-    queue_name: str | None = None
+    priority_class_name: ObjectName | None = None
+    scheduler_name: ObjectName | None = None
+    queue_name: str | None = Field(default=None, max_length=DNS_LABEL_MAX_LENGTH, pattern=f"^{LABEL_VALUE}$")
     """Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label on the pods."""
+
+
+def _immutable(field: str) -> Rule:
+    """A transition rule at the spec: the field may be neither changed, nor added, nor removed."""
+    if field in _LIST_FIELDS:
+        rule = f"(has(self.{field}) ? self.{field} : []) == (has(oldSelf.{field}) ? oldSelf.{field} : [])"
+    else:
+        rule = f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})"
+    return Rule(
+        rule,
+        f"{field} is immutable: it cannot be set, changed or removed once the TrainingJob exists",
+        lambda pair: getattr(pair[0], field) == getattr(pair[1], field),
+        field_path=f".{field}",
+    )
+
+
+IMMUTABLE_RULES = [_immutable(field) for field in IMMUTABLE_FIELDS]
+QUEUE_LABEL = Rule(
+    " && ".join(
+        f"!(has(self.{group}) && has(self.{group}.labels) && '{KUEUE_QUEUE_LABEL}' in self.{group}.labels)"
+        for group in ("head", "workers")
+    ),
+    f"labels: {KUEUE_QUEUE_LABEL} is set on every pod from runPolicy.queueName; set that instead",
+    lambda spec: KUEUE_QUEUE_LABEL not in spec.head.labels and KUEUE_QUEUE_LABEL not in spec.workers.labels,
+)
 
 
 class TrainingJobSpec(ApiModel):
@@ -105,28 +137,31 @@ class TrainingJobSpec(ApiModel):
                     "args need a command",
                     fieldPath=".args",
                 ),
+                QUEUE_LABEL.schema(),
+                *(rule.schema() for rule in IMMUTABLE_RULES),
             ]
         }
     )
 
-    image: str | None = Field(default=None, min_length=1, json_schema_extra=immutable("image"))
+    image: str | None = Field(default=None, min_length=1)
     """Container image of the head and workers; the operator's default training image when empty."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
-    service_account_name: str | None = None
-    trainer: TrainerSpec | None = Field(default=None, json_schema_extra=immutable("trainer"))
+    service_account_name: ObjectName | None = None
+    trainer: TrainerSpec | None = None
     """The built-in trainer. Set this or command."""
-    command: list[str] = Field(default_factory=list, json_schema_extra=immutable("command"))
+    command: list[str] = Field(default_factory=list)
     """Your own Ray driver, run on the head (e.g. [python, /app/train.py]). Set this or trainer."""
-    args: list[str] = Field(default_factory=list, json_schema_extra=immutable("args"))
-    workers: WorkerSpec = Field(default_factory=WorkerSpec, json_schema_extra=immutable("workers"))
-    head: PodOptions = Field(default_factory=PodOptions, json_schema_extra=immutable("head"))
+    args: list[str] = Field(default_factory=list)
+    workers: WorkerSpec = Field(default_factory=WorkerSpec)
+    head: PodOptions = Field(default_factory=PodOptions)
     """The Ray head pod: it runs the driver, not training steps."""
-    checkpoint: CheckpointSpec | None = Field(default=None, json_schema_extra=immutable("checkpoint"))
+    checkpoint: CheckpointSpec | None = None
     """Without it, a restarted attempt starts from scratch."""
-    output: StorageLocation = Field(json_schema_extra=immutable("output"))
+    output: StorageLocation
     """Where the model artifact is published."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """The only part of the spec that may change while the TrainingJob exists."""
 
     @model_validator(mode="after")
     def _one_entrypoint(self) -> TrainingJobSpec:
@@ -134,7 +169,17 @@ class TrainingJobSpec(ApiModel):
             raise ValueError("set exactly one of trainer (the built-in trainer) or command (your own driver)")
         if self.args and not self.command:
             raise ValueError("args need a command")
+        QUEUE_LABEL.enforce(self)
         return self
+
+
+def immutable_changes(accepted: TrainingJobSpec, edited: TrainingJobSpec) -> list[str]:
+    """The CRD's transition rules in Python: one message per immutable field `edited` changes.
+
+    `accepted` is the spec the current run was built from (e.g. the head pod's MAAS_TRAININGJOB);
+    an empty list means the edit may take effect.
+    """
+    return [rule.message for rule in IMMUTABLE_RULES if not rule.check((accepted, edited))]
 
 
 # --- Status -------------------------------------------------------------------------------

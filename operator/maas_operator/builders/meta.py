@@ -18,7 +18,6 @@ LABEL_MODELSERVICE = f"{API_GROUP}/modelservice"
 LABEL_ROLE = f"{API_GROUP}/role"
 LABEL_ATTEMPT = f"{API_GROUP}/attempt"
 LABEL_WORKER_INDEX = f"{API_GROUP}/worker-index"
-LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 
 @dataclass(frozen=True)

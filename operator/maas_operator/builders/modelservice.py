@@ -13,13 +13,17 @@ import math
 from typing import Any, Literal
 
 from maas_operator.api.modelservice import AutoscalingSpec, ModelServiceSpec, ServedModel
+from maas_operator.api.quantity import whole_cpus
 from maas_operator.builders.meta import Owner, child_labels, child_metadata, selector_labels
 from maas_operator.builders.pods import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
+    TMP,
+    OperatorVolume,
     container_resources,
     env_list,
     placement,
+    volumes_and_mounts,
 )
 from maas_workloads import contract
 
@@ -37,6 +41,7 @@ PROBE_PERIOD_SECONDS = 5
 INFLIGHT_METRIC = contract.METRIC_INFLIGHT_REQUESTS
 RPS_METRIC = "maas_inference_requests_per_second"
 """A per-pod rate the metrics adapter derives from maas_inference_requests_total (see README)."""
+MODEL_CACHE = OperatorVolume({"name": "maas-model-cache", "emptyDir": {}}, contract.MODEL_CACHE_MOUNT)
 
 
 def deployment_name(owner: Owner, track: Track) -> str:
@@ -78,24 +83,20 @@ def model_annotations(model: ServedModel) -> dict[str, str]:
     return annotations
 
 
-def model_location(model: ServedModel) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+def model_location(model: ServedModel) -> tuple[str, list[OperatorVolume]]:
     """The URI the server loads, with the read-only volume a pvc:// model needs."""
     if not model.uri.startswith("pvc://"):
-        return model.uri, [], []
+        return model.uri, []
     claim, _, path = model.uri.removeprefix("pvc://").partition("/")
     mount_path = f"{contract.PVC_MOUNT_ROOT}/{claim}"
-    volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-    mount = {"name": "model", "mountPath": mount_path, "readOnly": True}
-    return f"file://{mount_path}/{path.strip('/')}".rstrip("/"), [volume], [mount]
+    volume = {"name": "maas-model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    uri = f"file://{mount_path}/{path.strip('/')}".rstrip("/")
+    return uri, [OperatorVolume(volume, mount_path, {"readOnly": True})]
 
 
 def _omp_threads(spec: ModelServiceSpec) -> str | None:
-    """torch's intra-op threads follow the CPU request, not the node's core count."""
-    cpu = spec.resources.cpu
-    if cpu is None:
-        return None
-    cores = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
-    return str(max(1, math.ceil(cores)))
+    """torch's intra-op threads follow the CPU request (any quantity), not the node's core count."""
+    return None if spec.resources.cpu is None else str(whole_cpus(spec.resources.cpu))
 
 
 def _server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, uri: str) -> dict[str, str]:
@@ -154,7 +155,8 @@ def _topology_spread(selector: dict[str, str]) -> list[dict[str, Any]]:
 def pod_template(
     owner: Owner, spec: ModelServiceSpec, model: ServedModel, track: Track, default_image: str
 ) -> dict[str, Any]:
-    uri, model_volumes, model_mounts = model_location(model)
+    uri, model_volumes = model_location(model)
+    volumes, mounts = volumes_and_mounts([TMP, MODEL_CACHE, *model_volumes], spec)
     selector = track_selector(owner, track)
     container: dict[str, Any] = {
         "name": "server",
@@ -176,12 +178,7 @@ def pod_template(
         # Keep serving while endpoints drop this pod, then the server drains what is in flight.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "model-cache", "mountPath": contract.MODEL_CACHE_MOUNT},
-            *model_mounts,
-            *spec.volume_mounts,
-        ],
+        "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.image_pull_policy:
@@ -198,12 +195,7 @@ def pod_template(
         "securityContext": dict(POD_SECURITY_CONTEXT),
         "terminationGracePeriodSeconds": PRE_STOP_SECONDS + spec.server.timeout_seconds + SHUTDOWN_MARGIN_SECONDS,
         "topologySpreadConstraints": _topology_spread(selector),
-        "volumes": [
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "model-cache", "emptyDir": {}},
-            *model_volumes,
-            *spec.volumes,
-        ],
+        "volumes": volumes,
         "enableServiceLinks": False,
         **placement(spec),
     }
@@ -213,11 +205,12 @@ def pod_template(
         pod_spec["imagePullSecrets"] = [ref.to_wire() for ref in spec.image_pull_secrets]
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
+    # The user's prometheus.io/* win (e.g. scrape: "false" under a PodMonitor); maas.dev/* are refused at admission.
     annotations = {
-        **spec.annotations,
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(spec.server.port),
         "prometheus.io/path": contract.METRICS_PATH,
+        **spec.annotations,
         **model_annotations(model),
     }
     labels = child_labels(owner, COMPONENT, {**spec.labels, LABEL_TRACK: track})

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from maas_operator.api.common import EnvVar, PodOptions, Resources
+from maas_operator.api.pods import SCRATCH_MOUNT_PATHS, EnvVar, PodOptions, Resources
 
 GPU_RESOURCE = "nvidia.com/gpu"
 RUN_AS_USER = 1000
@@ -24,16 +25,42 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+
+
+@dataclass(frozen=True)
+class OperatorVolume:
+    """A volume the operator adds to a pod, and where the main container mounts it."""
+
+    volume: dict[str, Any]
+    mount_path: str
+    mount_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mount(self) -> dict[str, Any]:
+        return {"name": self.volume["name"], "mountPath": self.mount_path, **self.mount_options}
+
+
 # With a read-only root filesystem, scratch space comes from these volumes.
-SCRATCH_VOLUMES: list[dict[str, Any]] = [
-    {"name": "tmp", "emptyDir": {}},
-    {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-]
-SCRATCH_MOUNTS: list[dict[str, Any]] = [
-    {"name": "tmp", "mountPath": "/tmp"},
-    {"name": "dshm", "mountPath": "/dev/shm"},
-]
+TMP = OperatorVolume({"name": "maas-tmp", "emptyDir": {}}, "/tmp")
+SHARED_MEMORY = OperatorVolume({"name": "maas-shm", "emptyDir": {"medium": "Memory"}}, "/dev/shm")
 GPU_TOLERATION: dict[str, Any] = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def volumes_and_mounts(
+    own: list[OperatorVolume], options: PodOptions
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the main container's mounts: the operator's, then the user's.
+
+    A user's mount at one of the operator's scratch paths (/tmp, /dev/shm, the model cache)
+    replaces the operator's volume there (a bigger /dev/shm, a persistent cache); admission
+    refuses user volumes named like the operator's and mounts at its other paths, so the result
+    never holds two volumes of one name or two mounts at one path.
+    """
+    taken = {mount.mount_path for mount in options.volume_mounts}
+    kept = [v for v in own if not (v.mount_path in taken and v.mount_path in SCRATCH_MOUNT_PATHS)]
+    volumes = [v.volume for v in kept] + [volume.to_wire() for volume in options.volumes]
+    mounts = [v.mount for v in kept] + [mount.to_wire() for mount in options.volume_mounts]
+    return volumes, mounts
 
 
 def container_resources(resources: Resources) -> dict[str, Any]:

@@ -6,11 +6,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from maas_operator.api.common import PodOptions, StorageLocation
-from maas_operator.api.trainingjob import TrainingJobSpec
+from maas_operator.api.common import StorageLocation
+from maas_operator.api.pods import PodOptions
+from maas_operator.api.trainingjob import KUEUE_QUEUE_LABEL, TrainingJobSpec
 from maas_operator.builders.meta import (
     LABEL_ATTEMPT,
-    LABEL_KUEUE_QUEUE,
     LABEL_ROLE,
     LABEL_WORKER_INDEX,
     Owner,
@@ -20,11 +20,13 @@ from maas_operator.builders.meta import (
 from maas_operator.builders.pods import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
-    SCRATCH_MOUNTS,
-    SCRATCH_VOLUMES,
+    SHARED_MEMORY,
+    TMP,
+    OperatorVolume,
     container_resources,
     env_list,
     placement,
+    volumes_and_mounts,
 )
 from maas_workloads import contract
 
@@ -55,14 +57,18 @@ class StorageWiring:
     """How checkpoint and output locations reach the pods."""
 
     env: dict[str, str] = field(default_factory=dict)
-    volumes: list[dict[str, Any]] = field(default_factory=list)
-    mounts: list[dict[str, Any]] = field(default_factory=list)
+    volumes: list[OperatorVolume] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
 
 
 def storage_wiring(spec: TrainingJobSpec) -> StorageWiring:
-    """Mount each referenced claim once and turn every location into a URI for the workload."""
+    """Mount each referenced claim once and turn every location into a URI for the workload.
+
+    Volumes are named by position (`maas-pvc-0`, ...): a claim's own name may be too long or
+    dotted for a volume name, which must be a DNS-1123 label.
+    """
     wiring = StorageWiring()
+    claims: list[str] = []
     locations: list[tuple[str, StorageLocation | None]] = [
         (contract.ENV_CHECKPOINT_URI, spec.checkpoint),
         (contract.ENV_OUTPUT_URI, spec.output),
@@ -73,9 +79,10 @@ def storage_wiring(spec: TrainingJobSpec) -> StorageWiring:
         if location.pvc is not None:
             claim = location.pvc.claim_name
             mount_path = f"{MOUNT_ROOT}/{claim}"
-            if not any(v["name"] == f"pvc-{claim}" for v in wiring.volumes):
-                wiring.volumes.append({"name": f"pvc-{claim}", "persistentVolumeClaim": {"claimName": claim}})
-                wiring.mounts.append({"name": f"pvc-{claim}", "mountPath": mount_path})
+            if claim not in claims:
+                volume = {"name": f"maas-pvc-{len(claims)}", "persistentVolumeClaim": {"claimName": claim}}
+                wiring.volumes.append(OperatorVolume(volume, mount_path))
+                claims.append(claim)
             subpath = location.pvc.path.strip("/")
             wiring.env[env_name] = f"file://{mount_path}" + (f"/{subpath}" if subpath else "")
         elif location.uri is not None:
@@ -116,10 +123,11 @@ def _pod(
     extra_labels: dict[str, str],
 ) -> dict[str, Any]:
     wiring = storage_wiring(spec)
+    volumes, mounts = volumes_and_mounts([TMP, SHARED_MEMORY, *wiring.volumes], options)
     policy = spec.run_policy
     labels = {**options.labels, LABEL_ROLE: role, LABEL_ATTEMPT: str(attempt), **extra_labels}
     if policy.queue_name:
-        labels[LABEL_KUEUE_QUEUE] = policy.queue_name
+        labels[KUEUE_QUEUE_LABEL] = policy.queue_name
     container: dict[str, Any] = {
         "name": role,
         "image": spec.image or default_image,
@@ -127,7 +135,7 @@ def _pod(
         "env": env_list({**_identity_env(owner, spec, attempt, role), **wiring.env}, options.env),
         "resources": container_resources(options.resources),
         "securityContext": CONTAINER_SECURITY_CONTEXT,
-        "volumeMounts": [*SCRATCH_MOUNTS, *wiring.mounts, *options.volume_mounts],
+        "volumeMounts": mounts,
         # A crash before the launcher writes its JSON still leaves the log's tail as the reason.
         "terminationMessagePath": contract.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -144,7 +152,7 @@ def _pod(
         "automountServiceAccountToken": False,
         "securityContext": POD_SECURITY_CONTEXT,
         "containers": [container],
-        "volumes": [*SCRATCH_VOLUMES, *wiring.volumes, *options.volumes],
+        "volumes": volumes,
         **placement(options),
     }
     if spec.service_account_name:

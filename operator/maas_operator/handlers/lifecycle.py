@@ -15,6 +15,7 @@ from maas_operator.config import OperatorConfig
 from maas_operator.handlers.modelservice import reconcile_modelservice
 from maas_operator.handlers.runtime import Runtime
 from maas_operator.handlers.trainingjob import reconcile_trainingjob
+from maas_operator.state_metrics import StateCollector
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         config, {TRAININGJOB: reconcile_trainingjob, MODELSERVICE: reconcile_modelservice}
     )
     memo.resync = asyncio.create_task(memo.runtime.resync_forever(), name="resync")
+    memo.state_metrics = StateCollector(memo.runtime.snapshot)
+    metrics.REGISTRY.register(memo.state_metrics)
     metrics.serve(config.metrics_port)
     log.info("maas-operator started with %s", config.model_dump())
 
@@ -41,6 +44,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     resync: asyncio.Task[None] | None = getattr(memo, "resync", None)
     if resync is not None:
         resync.cancel()
+    state_metrics: StateCollector | None = getattr(memo, "state_metrics", None)
+    if state_metrics is not None:
+        metrics.REGISTRY.unregister(state_metrics)
     runtime: Runtime | None = getattr(memo, "runtime", None)
     if runtime is not None:
         await runtime.stop()

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from maas_operator import metrics
-from maas_operator.api.modelservice import KIND, MAX_NAME_LENGTH, PLURAL, ModelServiceSpec, ModelServiceStatus
+from maas_operator.api.modelservice import KIND, NAME_RULES, PLURAL, ModelServiceSpec, ModelServiceStatus
 from maas_operator.api.trainingjob import KIND as TRAININGJOB
 from maas_operator.api.trainingjob import PLURAL as TRAININGJOBS
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_MODELSERVICE, MANAGED_BY, Owner
@@ -71,7 +71,7 @@ def trainingjob_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: 
 
 
 def modelservice_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> ModelServiceView:
-    return object_view(body, cached_status, KIND, MAX_NAME_LENGTH, ModelServiceSpec, ModelServiceStatus)
+    return object_view(body, cached_status, KIND, NAME_RULES, ModelServiceSpec, ModelServiceStatus)
 
 
 def observe(runtime: Runtime, key: ObjectKey, owner: Owner, spec: Mapping[str, Any]) -> Observed:

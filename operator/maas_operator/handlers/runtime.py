@@ -155,6 +155,16 @@ class Runtime:
             if key[0] == kind and key[1] == namespace and refers_to(body):
                 self.queue.add(key)
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every custom resource as watched, with the status we last wrote (never staler); any thread."""
+        objects = dict(self.objects)
+        return [
+            {**body, "status": state.status}
+            if (state := objects.get(body["metadata"].get("uid", ""))) is not None and state.status is not None
+            else body
+            for body in dict(self.bodies).values()
+        ]
+
     def state(self, uid: str) -> ObjectState:
         return self.objects[uid]
 

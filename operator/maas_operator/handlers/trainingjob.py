@@ -12,7 +12,7 @@ import aiohttp
 import kopf
 
 from maas_operator import metrics
-from maas_operator.api.trainingjob import KIND, MAX_NAME_LENGTH, PLURAL, TrainingJobSpec, TrainingJobStatus
+from maas_operator.api.trainingjob import KIND, NAME_RULES, PLURAL, TrainingJobSpec, TrainingJobStatus
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_TRAININGJOB, MANAGED_BY, Owner
 from maas_operator.builders.trainingjob import head_service_name
 from maas_operator.handlers.execute import carry_out
@@ -43,7 +43,7 @@ def trainingjob_pod_event(
 
 
 def trainingjob_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> TrainingJobView:
-    return object_view(body, cached_status, KIND, MAX_NAME_LENGTH, TrainingJobSpec, TrainingJobStatus)
+    return object_view(body, cached_status, KIND, NAME_RULES, TrainingJobSpec, TrainingJobStatus)
 
 
 async def fetch_progress(runtime: Runtime, owner: Owner) -> contract.ProgressReport | None:

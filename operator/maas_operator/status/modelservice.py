@@ -29,6 +29,7 @@ from maas_operator.api.modelservice import (
 from maas_operator.builders import modelservice as build
 from maas_operator.builders.meta import Owner
 from maas_operator.builders.trainingjob import MOUNT_ROOT as TRAINING_MOUNT_ROOT
+from maas_operator.status import kstatus
 from maas_operator.status.plan import Action, Apply, Create, Delete, Patch, Plan, parse_time
 from maas_operator.status.pods import pod_view
 from maas_operator.status.view import ObjectView, StatusPlanner
@@ -318,7 +319,8 @@ class _Planner(StatusPlanner[ModelServiceStatus]):
         return [pod for pod in self.pods if pod.track == track]
 
     def result(self) -> Plan[ModelServiceStatus]:
-        return Plan(self.status, list(self.actions), self.events, requeue_after=self.requeue_after)
+        status = kstatus.judged(self.status, self.stamp, self.generation)
+        return Plan(status, list(self.actions), self.events, requeue_after=self.requeue_after)
 
     # --- the state machine --------------------------------------------------------------
     def plan(self) -> Plan[ModelServiceStatus]:

@@ -23,6 +23,7 @@ from maas_operator.api.trainingjob import (
     WorkersStatus,
 )
 from maas_operator.builders import trainingjob as build
+from maas_operator.status import kstatus
 from maas_operator.status.plan import Create, Delete, DeleteOwner, Plan, parse_time
 from maas_operator.status.pods import PLATFORM_POD_REASONS, PodView
 from maas_operator.status.view import ObjectView, StatusPlanner
@@ -119,7 +120,8 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
         self.actions.extend(Delete("v1", "Pod", pod.name) for pod in pods if not pod.deleting)
 
     def result(self) -> Plan[TrainingJobStatus]:
-        return Plan(self.status, list(self.actions), self.events, self.status_after)
+        after = kstatus.judged(self.status_after, self.stamp, self.generation) if self.status_after else None
+        return Plan(kstatus.judged(self.status, self.stamp, self.generation), list(self.actions), self.events, after)
 
     @property
     def spec(self) -> TrainingJobSpec:

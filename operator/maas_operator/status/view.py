@@ -12,6 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from maas_operator.api import conditions
 from maas_operator.api.common import Condition, ConditionStatus, describe_validation_error
+from maas_operator.api.names import name_error
+from maas_operator.api.validation import Rule
 from maas_operator.builders.meta import Owner
 from maas_operator.status.plan import Event, rfc3339
 
@@ -33,18 +35,20 @@ def object_view(
     body: Mapping[str, Any],
     cached_status: dict[str, Any] | None,
     kind: str,
-    max_name_length: int,
+    name_rules: list[Rule],
     spec_model: type[SpecT],
     status_model: type[StatusT],
 ) -> ObjectView[SpecT, StatusT]:
-    """Parse a watched body; `cached_status` (what we last wrote) wins over the watched one."""
+    """Parse a watched body; `cached_status` (what we last wrote) wins over the watched one.
+
+    A name the CRD's rules refuse (`name_rules`, which an API server without them let through)
+    is a spec error with the CRD's message: no child could be named after it.
+    """
     metadata = body["metadata"]
     owner = Owner(kind, metadata["name"], metadata["namespace"], metadata["uid"])
     spec: SpecT | None = None
-    error: str | None = None
-    if len(owner.name) > max_name_length:
-        error = f"metadata.name: at most {max_name_length} characters, so that child object names fit in 63"
-    else:
+    error = name_error(name_rules, owner.name)
+    if error is None:
         try:
             spec = spec_model.model_validate(body.get("spec") or {})
         except ValidationError as invalid:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -12,21 +11,13 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from maas_operator.api.common import describe_validation_error
+from maas_operator.api.quantity import whole_cpus
 from maas_operator.api.trainingjob import TrainingJobSpec
 from maas_workloads import contract
 from maas_workloads.train.errors import ConfigurationError
 
 WORKER_RESOURCE = "maas_worker"
 """Custom Ray resource each worker pod advertises once: one Ray Train worker per pod."""
-
-
-def _quantity_to_cpus(quantity: str | None) -> int:
-    """Whole CPUs for Ray from a Kubernetes CPU quantity (500m -> 1, 2 -> 2)."""
-    if quantity is None:
-        return 1
-    if quantity.endswith("m"):
-        return max(1, math.ceil(int(quantity[:-1]) / 1000))
-    return max(1, math.ceil(float(quantity)))
 
 
 @dataclass(frozen=True)
@@ -54,7 +45,7 @@ class JobContext:
 
     @property
     def cpus_per_worker(self) -> int:
-        return _quantity_to_cpus(self.spec.workers.resources.cpu)
+        return whole_cpus(self.spec.workers.resources.cpu)
 
     @property
     def gpus_per_worker(self) -> int:
