@@ -42,8 +42,8 @@ from maas_workloads.serve.datatypes import NUMPY_DTYPES
 
 Array = npt.NDArray[np.generic]
 _NON_FINITE_LITERAL: Final = re.compile(rb"NaN|Infinity")
-_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"(\s*:)?')
-"""Every JSON string, left to right; the group matches when the string is an object key."""
+_KEY_END: Final = re.compile(rb'"\s*:')
+"""Where an object key ends: once per key, and more only inside strings that hold `":`."""
 _FLOAT_KINDS: Final = frozenset({"FP16", "FP32", "FP64", "BF16"})
 _BF16_MAX: Final = float(torch.finfo(torch.bfloat16).max)
 
@@ -65,24 +65,27 @@ def parse(data: bytes | memoryview, what: str) -> Any:
         if not _NON_FINITE_LITERAL.search(data):
             raise JsonError(f"{what} is not valid JSON: {error}") from None
         return _parse_lenient(data, what)
-    keys = sum(map(bool, _STRING.findall(data)))
-    if keys != _count_keys(document):
-        _parse_lenient(data, what)  # finds the duplicate and says which, or accepts a miscount
+    if len(_KEY_END.findall(data)) != _count_keys(document):
+        _parse_lenient(data, what)  # finds the duplicate and says which, or accepts the count's excess
     return document
 
 
-def _count_keys(value: object) -> int:
+def _count_keys(document: object) -> int:
     """Keys in the objects of a parsed document, skipping lists whose first item is no container.
 
-    A cheap count that equals the raw text's for every document without duplicate keys but
-    those with objects deep inside lists of numbers; a mismatch only sends the document to
-    the slow, exact check.
+    Equals the count of key ends in the text for every document without duplicate keys, but
+    those with objects inside lists of numbers or strings holding `":`; a mismatch only
+    sends the document to the slow, exact check.
     """
-    if isinstance(value, dict):
-        return len(value) + sum(_count_keys(item) for item in value.values() if isinstance(item, dict | list))
-    if isinstance(value, list) and value and isinstance(value[0], dict | list):
-        return sum(_count_keys(item) for item in value)
-    return 0
+    count, pending = 0, [document]
+    while pending:
+        value = pending.pop()
+        if type(value) is dict:
+            count += len(value)
+            pending += [item for item in value.values() if type(item) is dict or type(item) is list]
+        elif type(value) is list and value and (type(value[0]) is dict or type(value[0]) is list):
+            pending += value
+    return count
 
 
 def _parse_lenient(data: bytes | memoryview, what: str) -> Any:
@@ -177,7 +180,7 @@ def _describe(kind: str) -> str:
 
 def _floats(raw: Array, datatype: str, where: str) -> Array:
     """Round to the datatype (to nearest even); refuse finite values that would become infinite."""
-    wide = raw.astype(np.float64)
+    wide = np.asarray(raw, dtype=np.float64)
     if datatype == "FP64":
         return wide
     largest = _BF16_MAX if datatype == "BF16" else float(np.finfo(NUMPY_DTYPES[datatype]).max)  # type: ignore[type-var]

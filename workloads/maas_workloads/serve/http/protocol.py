@@ -23,7 +23,7 @@ connections and the drain can act on each by what it is doing:
 Connections waiting in the phases that may give way at the cap are kept in insertion-ordered
 dicts, so that finding the one to close is O(1) however many are open.
 
-The hot path (a complete request in one read) arms no timer and allocates nothing extra.
+The hot path (a whole request in one read) arms no timer of its own and copies no bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import http
-import logging
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -43,8 +42,6 @@ from uvicorn.server import ServerState
 
 from maas_workloads.serve.http.logs import AccessLog
 from maas_workloads.serve.http.settings import HttpSettings
-
-log = logging.getLogger(__name__)
 
 ErrorBody = Callable[[int, str], bytes]
 """(HTTP status, message) -> the JSON body of an error response, in the application's error shape."""
@@ -68,9 +65,15 @@ class Phase(enum.Enum):
     CLOSING = "closing"
 
 
+# Plain names for the hot path (a module global is cheaper to reach than an enum's attribute).
+_AWAITING, _BUSY, _IDLE, _REJECTED, _CLOSING = Phase.AWAITING, Phase.BUSY, Phase.IDLE, Phase.REJECTED, Phase.CLOSING
 # Which connection gives way when a new one arrives at the cap: one already answered with an
 # error, then the one waiting longest for its headers, then the one idle longest.
-_EVICTION_ORDER: Final = (Phase.REJECTED, Phase.AWAITING, Phase.IDLE)
+_EVICTION_ORDER: Final = (_REJECTED, _AWAITING, _IDLE)
+
+
+class _RefusedError(Exception):
+    """Raised from a parser callback after refusing the request: stops the parser mid-read."""
 
 
 class Connections(ServerState):
@@ -91,8 +94,8 @@ class Connections(ServerState):
         self.error_body = error_body
         self.access_log = access_log
         self.draining = False
-        self._evictable: dict[Phase, dict[GuardedProtocol, None]] = {phase: {} for phase in _EVICTION_ORDER}
-        """Per phase, its connections in the order they entered it (oldest first)."""
+        self.evictable: dict[Phase | None, dict[GuardedProtocol, None]] = {phase: {} for phase in _EVICTION_ORDER}
+        """Per phase that may give way at the cap, its connections in the order they entered it."""
         self.all_closed = asyncio.Event()
         """Set once the server drains and its last connection has closed."""
         registry = registry if registry is not None else CollectorRegistry()
@@ -117,20 +120,13 @@ class Connections(ServerState):
         if self.draining and not self.connections:
             self.all_closed.set()
 
-    def moved(self, connection: GuardedProtocol, old: Phase | None, new: Phase | None) -> None:
-        """`connection` left phase `old` for `new` (None: not open)."""
-        if old in self._evictable:
-            del self._evictable[old][connection]
-        if new in self._evictable:
-            self._evictable[new][connection] = None
-
     def make_room(self, newcomer: GuardedProtocol) -> bool:
         """At the cap, close one connection that is not serving a request; False when all are.
 
         Connections busy with a request are never cut: the newcomer is refused instead (503).
         """
         for phase in _EVICTION_ORDER:
-            for connection in self._evictable[phase]:
+            for connection in self.evictable[phase]:
                 if connection is not newcomer:
                     connection.evict()
                     return True
@@ -159,14 +155,13 @@ class GuardedProtocol(HttpToolsProtocol):
         """The parser is inside a request line or headers (between message begin and headers complete)."""
         self._header_bytes = 0
         """Bytes fed to the parser while inside the current request's headers (an upper bound)."""
-        self._header_size = 0
-        """Size of the current request line and headers, from the parser's callbacks."""
+        self._max_header_bytes = server_state.settings.max_header_bytes
         self._dropped = 0
 
     # --- connection events ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._enter(Phase.AWAITING)
+        self._enter(_AWAITING)
         self._arm_deadline(self.guard.settings.header_timeout_seconds)
         if self.guard.draining:
             self.begin_drain()
@@ -175,21 +170,20 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
-        self.guard.moved(self, self.phase, None)
+        self._enter(None)
         super().connection_lost(exc)
         self.guard.closed()
 
     def data_received(self, data: bytes) -> None:
-        if self._rejected():
+        phase = self.phase
+        if phase is _REJECTED or phase is _CLOSING:
             self._drop(len(data))
             return
         self._unset_keepalive_if_required()
-        if self.phase is Phase.IDLE:
-            self._enter(Phase.AWAITING)
         # Where this read starts inside a request head, the parser gets at most what the limit
         # leaves plus one byte: an oversized head is refused having cost no more than the limit.
-        budget = self.guard.settings.max_header_bytes - self._header_bytes
-        if (self._in_headers or self.phase is Phase.AWAITING) and len(data) > budget:
+        budget = self._max_header_bytes - self._header_bytes
+        if len(data) > budget and (self._in_headers or phase is not _BUSY):
             if not self._feed(data[: budget + 1]):
                 return
             if self._in_headers:
@@ -201,11 +195,15 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._in_headers:
             # Counted per read: a head that started inside this read counts from the read's start.
             self._header_bytes += len(data)
-            if self._header_bytes > self.guard.settings.max_header_bytes:
+            if self._header_bytes > self._max_header_bytes:
                 self._reject_headers_too_large()
                 return
-        if self.phase is Phase.AWAITING and self._deadline is None:
+            if self.phase is _IDLE:
+                self._enter(_AWAITING)  # the next request has begun: its headers are due
+        if self.phase is _AWAITING and self._deadline is None:
             self._arm_deadline(self.guard.settings.header_timeout_seconds)
+        elif self.phase is _IDLE:  # bytes that begin no request (blank lines) do not reset the idle time
+            self._close_when_idle_for(self.timeout_keep_alive)
 
     def _feed(self, data: bytes) -> bool:
         """Parse `data`; False when the connection's request was refused meanwhile."""
@@ -214,52 +212,27 @@ class GuardedProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             self._unsupported_upgrade_warning()  # no WebSocket here: the request proceeds as plain HTTP
         except httptools.HttpParserError as error:
-            self._reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {error}", "malformed")
-        return not self._rejected()
-
-    def _rejected(self) -> bool:
-        """Whether the server has refused this connection's request (the parser's output is moot)."""
-        return self.phase is Phase.REJECTED or self.phase is Phase.CLOSING
+            if self.phase is not _REJECTED and self.phase is not _CLOSING:  # else a callback refused it
+                self._reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {error}", "malformed")
+            return False
+        return True
 
     # --- parser callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self._rejected():
-            return
         super().on_message_begin()
         self._in_headers = True
-        self._header_bytes = self._header_size = 0
-
-    def on_url(self, url: bytes) -> None:
-        if self._rejected():
-            return
-        super().on_url(url)
-        self._header_size += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._rejected():
-            return
-        super().on_header(name, value)
-        self._header_size += len(name) + len(value) + 4  # ": " and CRLF
+        self._header_bytes = 0
 
     def on_headers_complete(self) -> None:
-        if self._rejected():
-            return
         self._in_headers = False
         self._header_bytes = 0
-        if self._header_size > self.guard.settings.max_header_bytes:
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)  # ": " and CRLF
+        if size > self._max_header_bytes:
             self._reject_headers_too_large()
-            return
+            raise _RefusedError  # stop parsing what follows
         self._cancel_deadline()
-        self._enter(Phase.BUSY)
+        self._enter(_BUSY)
         super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        if not self._rejected():
-            super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        if not self._rejected():
-            super().on_message_complete()
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)
@@ -269,22 +242,22 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._in_headers:
             # The next request's first bytes came while this one was served: its headers are due.
             self._unset_keepalive_if_required()
-            self._enter(Phase.AWAITING)
+            self._enter(_AWAITING)
             self._arm_deadline(self.guard.settings.header_timeout_seconds)
             return
-        self._enter(Phase.IDLE)  # uvicorn armed the keep-alive timer (shortened by begin_drain)
+        self._enter(_IDLE)  # uvicorn armed the keep-alive timer (shortened by begin_drain)
 
     # --- drain and eviction ---------------------------------------------------------------
     def begin_drain(self) -> None:
         """Close this connection once it has been idle DRAIN_IDLE_SECONDS, counting from before the drain."""
         self.timeout_keep_alive = min(self.timeout_keep_alive, DRAIN_IDLE_SECONDS)  # type: ignore[assignment]
-        if self.phase is Phase.IDLE or (self.phase is Phase.AWAITING and not self._in_headers):
+        if self.phase is _IDLE or (self.phase is _AWAITING and not self._in_headers):
             self._close_when_idle_for(DRAIN_IDLE_SECONDS)
 
     def evict(self) -> None:
         """Give way to a new connection at the cap (never called on a BUSY connection)."""
         self.guard.rejected.labels("connection_limit").inc()
-        if self.phase is Phase.AWAITING and self._in_headers:
+        if self.phase is _AWAITING and self._in_headers:
             self._respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "the server is at its connection limit; retry")
         self._close()
 
@@ -299,13 +272,18 @@ class GuardedProtocol(HttpToolsProtocol):
         self._close()
 
     # --- timers -----------------------------------------------------------------------------
-    def _enter(self, phase: Phase) -> None:
-        self.guard.moved(self, self.phase, phase)
+    def _enter(self, phase: Phase | None) -> None:
+        """Move to `phase` (None: closed), keeping the cap's per-phase order."""
+        evictable = self.guard.evictable
+        if self.phase in evictable:
+            del evictable[self.phase][self]
+        if phase in evictable:
+            evictable[phase][self] = None
         self.phase = phase
         self.since = self.loop.time()
 
     def _close(self) -> None:
-        self._enter(Phase.CLOSING)
+        self._enter(_CLOSING)
         self.transport.close()
 
     def _arm_deadline(self, seconds: float) -> None:
@@ -319,7 +297,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _header_deadline_passed(self) -> None:
         self._deadline = None
-        if self.phase is not Phase.AWAITING or self.transport.is_closing():
+        if self.phase is not _AWAITING or self.transport.is_closing():
             return
         self.guard.rejected.labels("header_timeout").inc()
         if self._in_headers:
@@ -334,11 +312,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.timeout_keep_alive_task = self.loop.call_later(delay, self.timeout_keep_alive_handler)
 
     # --- error responses ----------------------------------------------------------------------
-    def send_400_response(self, msg: str) -> None:
-        self._reject(http.HTTPStatus.BAD_REQUEST, msg, "malformed")
-
     def _reject_headers_too_large(self) -> None:
-        limit = self.guard.settings.max_header_bytes
+        limit = self._max_header_bytes
         self._reject(
             http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
             f"the request line and headers exceed {limit} bytes, this server's limit",
@@ -357,7 +332,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._close()
             return
         self._respond(status, message)
-        self._enter(Phase.REJECTED)
+        self._enter(_REJECTED)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
