@@ -17,14 +17,18 @@ TOKEN = "s3cr3t-token"
 LOCAL_ONLY = {contract.ENV_PORT, contract.ENV_MODEL_CACHE_DIR, contract.ENV_HOST}
 
 
-def operator_pod(model_dir: pathlib.Path) -> dict[str, Any]:
-    """The pod template and HPA the operator renders for a ModelService serving `model_dir`."""
+def operator_pod(model_dir: pathlib.Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The pod template and HPA the operator renders for a ModelService serving `model_dir`.
+
+    `env`: the ModelService's own `env` entries (name -> value).
+    """
     spec = ModelServiceSpec.model_validate(
         {
             "model": {"uri": f"file://{model_dir}"},
             "resources": {"cpu": "1", "memory": "1Gi"},
             "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "metric": "inflight"},
             "auth": {"tokenSecretRef": {"name": "digits-token", "key": "token"}},
+            "env": [{"name": name, "value": value} for name, value in (env or {}).items()],
         }
     )
     model = ServedModel(uri=f"file://{model_dir}", sha256=sha256_file(model_dir / contract.MANIFEST_FILE))

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_operators_pod_spec_runs_the_server(digits_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    built = operator_pod(digits_dir)
+    # The connection limits are the user's to set, through the ModelService's env.
+    built = operator_pod(digits_dir, {contract.ENV_MAX_HEADER_BYTES: "8192"})
     container = built["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "maas_workloads.serve"]  # what Server runs
     env = server_env(container, tmp_path / "cache")
@@ -36,5 +37,7 @@ def test_the_operators_pod_spec_runs_the_server(digits_dir: pathlib.Path, tmp_pa
         metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).text
         metric = built["hpa"]["spec"]["metrics"][0]["pods"]["metric"]["name"]
         assert metric in metrics, f"the HPA scales on {metric}, which the server does not export"
+        long_header = httpx.get(f"{server.url}/v2/health/live", headers={"x-trace": "t" * 10_000}, timeout=5)
+        assert long_header.status_code == 431
     finally:
         assert server.stop() == 0
