@@ -8,6 +8,7 @@
   and decoded, `Connection: close` while draining, one access-log line.
 - `server`: per process — `Service` (what an application provides) and `run`, the signal
   handling and drain sequence.
+- `transport`: a response's writes gathered into one system call per event-loop turn.
 - `auth`, `logs`: the bearer-token check and the JSON logs those use.
 
 An application never needs to re-implement any of it: it provides an ASGI callable, a

@@ -23,7 +23,8 @@ connections and the drain can act on each by what it is doing:
 Connections waiting in the phases that may give way at the cap are kept in insertion-ordered
 dicts, so that finding the one to close is O(1) however many are open.
 
-The hot path (a whole request in one read) arms no timer of its own and copies no bytes.
+The hot path (a whole request in one read) arms no timer of its own and copies no bytes, and
+a response's head and body leave in one write (`transport.CoalescingTransport`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from uvicorn.server import ServerState
 
 from maas_workloads.serve.http.logs import AccessLog
 from maas_workloads.serve.http.settings import HttpSettings
+from maas_workloads.serve.http.transport import CoalescingTransport
 
 ErrorBody = Callable[[int, str], bytes]
 """(HTTP status, message) -> the JSON body of an error response, in the application's error shape."""
@@ -161,6 +163,7 @@ class GuardedProtocol(HttpToolsProtocol):
     # --- connection events ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self._enter(_AWAITING)
         self._arm_deadline(self.guard.settings.header_timeout_seconds)
         if self.guard.draining:
