@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import pathlib
 
 import pytest
 
+from maas_operator import cli
 from maas_operator.config import OperatorConfig
 from maas_operator.election import ACQUIRE_JITTER, Create, Election, LeaseRecord, Timing, Update, Wait
+from maas_operator.kube import lease
 
 WALL = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 DEFAULT = Timing()
@@ -197,3 +200,13 @@ def test_retry_period_and_jitter() -> None:
 def test_an_identity_is_required() -> None:
     with pytest.raises(ValueError, match="identity"):
         Election("", DEFAULT)
+
+
+def test_the_operator_refuses_to_start_without_the_leases_namespace(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MAAS_OPERATOR_LEADER_ELECTION", "true")
+    monkeypatch.delenv("MAAS_OPERATOR_LEADER_ELECTION_NAMESPACE", raising=False)
+    monkeypatch.setattr(lease, "SERVICE_ACCOUNT_NAMESPACE", pathlib.Path("/nonexistent/namespace"))
+    assert cli.main(["operator"]) == 2
+    assert "MAAS_OPERATOR_LEADER_ELECTION_NAMESPACE" in capsys.readouterr().err

@@ -107,8 +107,8 @@ class LeaderElector:
                 renewal = election.renewal(time.monotonic(), _now())
                 if renewal is not None and await self._write(renewal):
                     return
-                sent_at = time.monotonic()
-                step = election.read(await self.leases.get(), sent_at, _now())
+                read_at = time.monotonic()
+                step = election.read(await self.leases.get(), read_at, _now())
                 if isinstance(step, Wait):
                     self._report("")
                     return

@@ -84,7 +84,7 @@ class LeaseClient:
         """Create the Lease; None when another candidate created it first (409 AlreadyExists).
 
         Returns the stored record read back (its resourceVersion is what the next renew needs), or
-        the record without a resourceVersion when that read fails.
+        `record` itself, without a resourceVersion, when that read fails.
         """
         if not await self.kube.create(self.manifest(record)):
             return None
@@ -92,7 +92,7 @@ class LeaseClient:
             stored = await self.get()
         except KubeError:
             stored = None
-        return stored if stored is not None and stored.holder == record.holder else record
+        return stored if stored is not None else record
 
     async def update(self, record: LeaseRecord) -> LeaseRecord | None:
         """Replace the Lease if its resourceVersion is still `record.resource_version`.
