@@ -55,11 +55,10 @@ def test_versions_follow_the_charts_app_version() -> None:
     operator_image = VALUES["image"]["repository"]
     workload_images = {VALUES["workloadImages"]["training"], VALUES["workloadImages"]["serving"], config.DEFAULT_IMAGE}
     assert {image.rpartition(":")[2] for image in workload_images} == {APP_VERSION}
-    workloads_repository = {image.rpartition(":")[0] for image in workload_images}
-    assert len(workloads_repository) == 1
+    (workloads_image,) = {image.rpartition(":")[0] for image in workload_images}
     assert build_commands(OPERATOR_DOCKERFILE) == [(operator_image, APP_VERSION)]
-    assert (workloads_repository.pop(), APP_VERSION) in build_commands(WORKLOADS_DOCKERFILE)
-    for path, image in ((OPERATOR_DOCKERFILE, operator_image), (WORKLOADS_DOCKERFILE, *workloads_repository)):
+    assert (workloads_image, APP_VERSION) in build_commands(WORKLOADS_DOCKERFILE)
+    for path, image in ((OPERATOR_DOCKERFILE, operator_image), (WORKLOADS_DOCKERFILE, workloads_image)):
         command = f"docker build -f {path.relative_to(REPO)} -t {image}:{APP_VERSION} ."
         assert command in README, f"README.md shows how to build {image}: {command}"
 
