@@ -21,6 +21,8 @@ import uvicorn
 from maas_workloads.contract import ExitCode
 from maas_workloads.serve import logs
 from maas_workloads.serve.app import App
+from maas_workloads.serve.llm.app import OpenAIApp
+from maas_workloads.serve.llm.detect import is_causal_lm
 from maas_workloads.serve.metrics import Metrics
 from maas_workloads.serve.settings import Settings, SettingsError, parse
 
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: App, settings: Settings) -> None:
+    def __init__(self, config: uvicorn.Config, app: App | OpenAIApp, settings: Settings) -> None:
         super().__init__(config)
         self._app = app
         self._settings = settings
@@ -60,7 +62,8 @@ class DrainingServer(uvicorn.Server):
 
 
 def build_server(settings: Settings) -> DrainingServer:
-    app = App(settings, Metrics())
+    # The artifact decides the protocol: the OpenAI API for causal LMs, OIP v2 for tensor models.
+    app: App | OpenAIApp = OpenAIApp(settings) if is_causal_lm(settings.model_uri) else App(settings, Metrics())
     config = uvicorn.Config(
         app,
         host=settings.host,

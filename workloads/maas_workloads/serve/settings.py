@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from maas_workloads import contract
+from maas_workloads.serve.llm import settings as llm_settings
 from maas_workloads.serve.sources import model_name_of
 
 _Number = TypeVar("_Number", int, float)
@@ -40,6 +41,8 @@ class Settings:
     drain_seconds: float
     drain_delay_seconds: float
     cache_dir: pathlib.Path
+    llm: llm_settings.LLMSettings
+    """The engine's settings when the artifact is a causal LM (OpenAI API)."""
 
 
 _FLAGS: tuple[tuple[str, str, str], ...] = (
@@ -91,10 +94,12 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="python -m maas_workloads.serve",
-        description="Serve a model artifact over the Open Inference Protocol (v2) and KServe v1.",
+        description="Serve a model artifact: tensor models over the Open Inference Protocol (v2) and KServe v1, "
+        "causal language models over the OpenAI API.",
     )
     for flag, variable, help_text in _FLAGS:
         parser.add_argument(flag, default=environ.get(variable), help=f"{help_text} [env {variable}]")
+    llm_settings.add_arguments(parser, environ)
     values = vars(parser.parse_args(argv))
     sources = {flag.removeprefix("--").replace("-", "_"): (flag, variable) for flag, variable, _ in _FLAGS}
 
@@ -146,7 +151,15 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         drain_seconds=number("drain_seconds", float, contract.DEFAULT_DRAIN_SECONDS, 0.0),
         drain_delay_seconds=number("drain_delay_seconds", float, contract.DEFAULT_DRAIN_DELAY_SECONDS, 0.0),
         cache_dir=pathlib.Path(cache_dir) if cache_dir else pathlib.Path(tempfile.gettempdir()) / "maas-models",
+        llm=_llm(values),
     )
+
+
+def _llm(values: Mapping[str, object]) -> llm_settings.LLMSettings:
+    try:
+        return llm_settings.from_values(values)
+    except llm_settings.LLMSettingsError as error:
+        raise SettingsError(str(error)) from None
 
 
 def _name(source: tuple[str, str]) -> str:
