@@ -119,6 +119,8 @@ class Election:
         """When `observed` last changed (client-go's observedTime)."""
         self.renewed_at: float | None = None
         """When the last successful acquire or renew was sent; None while not holding the Lease."""
+        self.stale = False
+        """A write failed: `observed` may be out of date, so the next try reads first."""
 
     # --- leadership -----------------------------------------------------------------------
     def leading_until(self) -> float | None:
@@ -140,13 +142,14 @@ class Election:
     def renewal(self, now: float, wall: datetime.datetime) -> Update | None:
         """The holder's renew without a read first (client-go's fast path); None: read the Lease first."""
         observed = self.observed
-        if not self.is_leader(now) or observed is None or not observed.resource_version:
+        if self.stale or not self.is_leader(now) or observed is None or not observed.resource_version:
             return None
         return Update(replace(observed, renew_time=wall, lease_duration_seconds=self.timing.lease_duration_seconds))
 
     def read(self, current: LeaseRecord | None, now: float, wall: datetime.datetime) -> Step:
         """What to do about the Lease just read at `now` (None: it does not exist)."""
         duration = self.timing.lease_duration_seconds
+        self.stale = False
         if current is None:
             self.renewed_at = None  # whatever we held, nobody can tell now: stop, then compete again
             self.observed = None
@@ -167,14 +170,15 @@ class Election:
         resourceVersion "" when unknown). `sent_at`: when the write was sent."""
         self.observed, self.observed_at = stored, sent_at
         self.renewed_at = sent_at if stored.holder == self.identity else None
+        self.stale = False
 
     def refused(self) -> None:
         """A write was answered 409 (someone else wrote first) or failed: read again next time.
 
-        Leadership is kept until its deadline: a failed renew does not mean someone else leads.
+        Leadership is kept until its deadline: a failed renew does not mean someone else leads. The
+        expiry clock of another holder's Lease keeps running: only a change read on the server resets it.
         """
-        if self.observed is not None:
-            self.observed = replace(self.observed, resource_version="")
+        self.stale = True
 
     def release(self, wall: datetime.datetime) -> Update | None:
         """The write that gives up a Lease this candidate holds (None: it holds none).

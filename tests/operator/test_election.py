@@ -147,6 +147,17 @@ def test_a_leader_that_reads_another_holder_or_no_lease_stops_at_once() -> None:
     assert not b.is_leader(1.0)
 
 
+def test_a_failed_take_over_does_not_restart_the_wait() -> None:
+    server = Server()
+    a, b = Election("a", DEFAULT), Election("b", DEFAULT)
+    round_(a, server, 0.0)
+    round_(b, server, 0.0)  # a is killed after this renew
+    step = b.read(server.record, 15.0, WALL)
+    assert isinstance(step, Update)
+    b.refused()  # e.g. the API server answered 503
+    assert isinstance(b.read(server.record, 17.0, WALL), Update), "the Lease is still expired: try again at once"
+
+
 def test_of_two_candidates_that_see_the_lease_free_one_wins() -> None:
     server = Server()
     server.record = LeaseRecord("", 1, transitions=4, resource_version="7")  # released
