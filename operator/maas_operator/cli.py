@@ -26,7 +26,7 @@ from maas_operator.builders.trainingjob import attempt_children
 from maas_operator.config import OperatorConfig
 from maas_operator.status.modelservice import ModelServiceView, plan_modelservice
 from maas_operator.status.modelservice import Observed as ModelServiceObserved
-from maas_operator.status.plan import Create
+from maas_operator.status.plan import written_manifests
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 RENDERED_KINDS = (TRAININGJOB_KIND, MODELSERVICE_KIND)
@@ -79,7 +79,7 @@ def render_objects(
     if plan.status.model is None:
         resolved = next(c for c in plan.status.conditions if c.type == "ModelResolved")
         print(f"{owner.kind} {owner.name}: nothing to create yet: {resolved.message}", file=sys.stderr)
-    return [action.manifest for action in plan.actions if isinstance(action, Create)]
+    return written_manifests(plan)
 
 
 def _read_documents(path: str) -> list[dict[str, Any]]:
@@ -154,9 +154,16 @@ def operator_command(args: argparse.Namespace) -> int:
     import kopf
 
     import maas_operator.handlers  # noqa: F401  (registers the handlers)
+    from maas_operator.handlers.leadership import lease_namespace
 
     config = OperatorConfig.from_env()
     namespaces = args.namespace or list(config.namespaces)
+    if config.leader_election:
+        try:
+            lease_namespace(config)
+        except ValueError as error:
+            print(f"maas operator: {error}", file=sys.stderr)
+            return 2
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.FULL)
     for noisy in ("aiohttp.access", "kubernetes_asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -39,7 +39,7 @@ from maas_operator.local_report import (
     where_things_are,
 )
 from maas_operator.status.modelservice import ModelServiceView, Observed, plan_modelservice
-from maas_operator.status.plan import Create
+from maas_operator.status.plan import written_manifests
 from maas_workloads import contract
 
 NAMESPACE = "local"
@@ -253,9 +253,7 @@ def serve(
     spec = ModelServiceSpec.model_validate(document.get("spec") or {})
     view = ModelServiceView(owner, 1, spec, None, ModelServiceStatus())
     plan = plan_modelservice(view, Observed(training_jobs=training_jobs), datetime.datetime.now(datetime.UTC), image)
-    deployment = next(
-        (a.manifest for a in plan.actions if isinstance(a, Create) and a.manifest["kind"] == "Deployment"), None
-    )
+    deployment = next((manifest for manifest in written_manifests(plan) if manifest["kind"] == "Deployment"), None)
     if deployment is None:
         resolved = next(c for c in plan.status.conditions if c.type == "ModelResolved")
         raise RunError(f"ModelService {owner.name} has nothing to serve: {resolved.message}")

@@ -48,10 +48,11 @@ def operator(
     cluster: Cluster, progress_server: ProgressServer, tmp_path: pathlib.Path, request: pytest.FixtureRequest
 ) -> Iterator[OperatorProcess]:
     kubeconfig = write_kubeconfig(cluster.url, tmp_path)
+    marker = request.node.get_closest_marker("operator_env")
     process = OperatorProcess(
         kubeconfig,
         tmp_path / "operator.log",
-        {"MAAS_OPERATOR_PROGRESS_URL_TEMPLATE": progress_server.url_template},
+        {"MAAS_OPERATOR_PROGRESS_URL_TEMPLATE": progress_server.url_template, **(marker.kwargs if marker else {})},
     )
     process.start()
     yield process

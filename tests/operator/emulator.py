@@ -1,16 +1,27 @@
-"""A Kubernetes API to test the operator against: KMock's emulator over real HTTP.
+"""A Kubernetes API to test the operator against: KMock's emulator over real HTTP, taught to
+answer like the API server where the operator's correctness depends on it.
 
-The emulator stores objects and streams watch events but runs no controllers, so tests
-play the kubelet and the Deployment controller by patching status themselves. It ignores
-label selectors, resourceVersion and field managers, and does not assign uids or
-timestamps: the helpers below fill in what the operator relies on.
+KMock stores objects and streams watch events but runs no controllers, so tests play the
+kubelet and the Deployment controller by patching status themselves. It ignores label
+selectors and resourceVersion. `ApiServer` adds, one switch per behaviour (`Switches`):
+
+- server-side apply with field managers (tests/operator/ssa.py says what is and is not modelled):
+  an apply creates a missing object, and fields a manager stops applying are removed unless
+  another manager also set them; metadata.generation counts spec changes;
+- admission: 422 for invalid names, labels, annotations, duplicate volumes and mount paths, and
+  a PodDisruptionBudget with both bounds (tests/operator/admission.py), 403 for a ResourceQuota
+  exceeded by a pod, 403 for an admission webhook's denial of a named object;
+- pods on lost nodes: their graceful deletion never finishes (deletionTimestamp set, the pod
+  stays) until a delete with gracePeriodSeconds 0 removes it, as with a node whose kubelet is gone.
+
+It also assigns uids and creation timestamps to created objects. The behaviours live in
+tests/operator/apiserver.py; tests turn them on and off through `cluster.switches`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import os
 import pathlib
 import signal
@@ -22,27 +33,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import kmock
 
+from tests.operator.apiserver import GROUP_VERSION, RESOURCES, ApiServer, Switches, now_rfc3339
+
 NAMESPACE = "team-a"
-GROUP_VERSION = "maas.dev/v1alpha1"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-RESOURCES: dict[str, dict[str, Any]] = {
-    "apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinition", "namespaced": False},
-    "v1/namespaces": {"kind": "Namespace", "namespaced": False},
-    "v1/pods": {"kind": "Pod", "namespaced": True, "subresources": {"status"}},
-    "v1/services": {"kind": "Service", "namespaced": True},
-    "v1/events": {"kind": "Event", "namespaced": True},
-    "v1/secrets": {"kind": "Secret", "namespaced": True},
-    "apps/v1/deployments": {"kind": "Deployment", "namespaced": True, "subresources": {"status", "scale"}},
-    "autoscaling/v2/horizontalpodautoscalers": {"kind": "HorizontalPodAutoscaler", "namespaced": True},
-    "policy/v1/poddisruptionbudgets": {"kind": "PodDisruptionBudget", "namespaced": True},
-    "networking.k8s.io/v1/networkpolicies": {"kind": "NetworkPolicy", "namespaced": True},
-    f"{GROUP_VERSION}/trainingjobs": {"kind": "TrainingJob", "namespaced": True, "subresources": {"status"}},
-    f"{GROUP_VERSION}/modelservices": {"kind": "ModelService", "namespaced": True, "subresources": {"status"}},
-}
 PATHS = {
+    "Node": "/api/v1/nodes",
     "Pod": "/api/v1/namespaces/{ns}/pods",
     "Service": "/api/v1/namespaces/{ns}/services",
     "Event": "/api/v1/namespaces/{ns}/events",
@@ -51,13 +51,10 @@ PATHS = {
     "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
     "TrainingJob": f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/trainingjobs",
     "ModelService": f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/modelservices",
 }
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
@@ -70,12 +67,13 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
         )
 
 
-def write_kubeconfig(url: str, directory: pathlib.Path) -> pathlib.Path:
-    path = directory / "kubeconfig"
+def write_kubeconfig(url: str, directory: pathlib.Path, token: str = "test-token") -> pathlib.Path:
+    """A kubeconfig for the emulator; `token` tells requests of several operator processes apart."""
+    path = directory / ("kubeconfig" if token == "test-token" else f"kubeconfig-{token}")
     path.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
         f"clusters:\n- name: emulator\n  cluster:\n    server: {url}\n"
-        "users:\n- name: tester\n  user:\n    token: test-token\n"
+        f"users:\n- name: tester\n  user:\n    token: {token}\n"
         "contexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: tester\n"
         f"    namespace: {NAMESPACE}\n"
     )
@@ -90,24 +88,31 @@ class Cluster:
         self.url = url.rstrip("/")
         self.session = session
 
+    @property
+    def switches(self) -> Switches:
+        switches: Switches = self.emulator.switches
+        return switches
+
     def path(self, kind: str, name: str | None = None, namespace: str = NAMESPACE) -> str:
-        base = self.url + PATHS[kind].format(ns=namespace)
+        base = self.url + PATHS[kind].format(ns=namespace)  # Node's path has no {ns}
         return f"{base}/{name}" if name else base
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         metadata = manifest.setdefault("metadata", {})
-        metadata.setdefault("namespace", NAMESPACE)
+        if manifest["kind"] != "Node":
+            metadata.setdefault("namespace", NAMESPACE)
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata.setdefault("creationTimestamp", now_rfc3339())
         metadata.setdefault("generation", 1)
         metadata.setdefault("resourceVersion", "1")  # kopf guards its JSON patches with it
-        async with self.session.post(self.path(manifest["kind"], namespace=metadata["namespace"]), json=manifest) as r:
+        path = self.path(manifest["kind"], namespace=metadata.get("namespace", NAMESPACE))
+        async with self.session.post(path, json=manifest) as r:
             assert r.status in (200, 201), await r.text()
             result: dict[str, Any] = await r.json()
             return result
 
-    async def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        async with self.session.get(self.path(kind, name)) as response:
+    async def get(self, kind: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        async with self.session.get(self.path(kind, name, namespace)) as response:
             if response.status == 404:
                 return None
             assert response.status == 200, await response.text()
@@ -123,11 +128,37 @@ class Cluster:
             item for item in items if all((item["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
         ]
 
-    async def patch(self, kind: str, name: str, patch: dict[str, Any], subresource: str | None = None) -> None:
+    async def patch(
+        self,
+        kind: str,
+        name: str,
+        patch: dict[str, Any],
+        subresource: str | None = None,
+        field_manager: str = "kubectl-edit",
+    ) -> None:
+        """A merge patch, as `kubectl edit`/`patch` or a controller (`field_manager`) makes it."""
         url = self.path(kind, name) + (f"/{subresource}" if subresource else "")
         headers = {"Content-Type": "application/merge-patch+json"}
-        async with self.session.patch(url, json=patch, headers=headers) as response:
+        params = {"fieldManager": field_manager}
+        async with self.session.patch(url, json=patch, headers=headers, params=params) as response:
             assert response.status == 200, await response.text()
+
+    async def apply(self, manifest: dict[str, Any], field_manager: str) -> tuple[int, dict[str, Any]]:
+        """A server-side apply (forced), as `kubectl apply --server-side` makes it: (HTTP status, body)."""
+        url = self.path(manifest["kind"], manifest["metadata"]["name"])
+        headers = {"Content-Type": "application/apply-patch+yaml"}
+        params = {"fieldManager": field_manager, "force": "true"}
+        async with self.session.patch(url, json=manifest, headers=headers, params=params) as response:
+            return response.status, await response.json()
+
+    async def add_node(self, name: str, ready: bool = True, unreachable: bool = False) -> None:
+        """A Node as the node lifecycle controller reports it (NotReady/Unknown and tainted once lost)."""
+        condition = {"type": "Ready", "status": "True" if ready else "Unknown"}
+        if not ready:
+            condition["message"] = "Kubelet stopped posting node status."
+        taints = [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}] if unreachable else []
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+        await self.create({**node, "spec": {"taints": taints}, "status": {"conditions": [condition]}})
 
     async def delete(self, kind: str, name: str) -> bool:
         async with self.session.delete(self.path(kind, name)) as response:
@@ -144,6 +175,16 @@ class Cluster:
             request
             for request in list(self.emulator)
             if (method is None or str(request.method).upper().endswith(method)) and path_part in str(request.url)
+        ]
+
+    def applies(self, path_part: str, field_manager: str = "maas-operator") -> list[Any]:
+        """Server-side applies of objects (not subresources) by `field_manager`, oldest first."""
+        return [
+            request
+            for request in self.requests("PATCH", path_part)
+            if "apply-patch" in request.headers.get("Content-Type", "")
+            and request.params.get("fieldManager") == field_manager
+            and request.subresource is None
         ]
 
     # --- playing the kubelet ----------------------------------------------------------
@@ -223,6 +264,8 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "operator"), str(REPO_ROOT / "workloads")]),
             "MAAS_OPERATOR_RESYNC_SECONDS": "0.5",
+            "MAAS_OPERATOR_RESTART_BACKOFF_SECONDS": "0.2",
+            "MAAS_OPERATOR_FORCE_DELETE_AFTER_SECONDS": "1",
             "MAAS_OPERATOR_METRICS_PORT": "0",
             "MAAS_OPERATOR_HEALTH_PORT": "0",
             **self.extra_env,
@@ -255,7 +298,7 @@ class OperatorProcess:
 
 @contextlib.asynccontextmanager
 async def running_cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+    async with ApiServer() as emulator, kmock.Server(emulator) as server:
         declare_resources(emulator)
         async with aiohttp.ClientSession() as session:
             yield Cluster(emulator, str(server.url), session)

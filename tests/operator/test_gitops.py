@@ -19,7 +19,7 @@ from maas_operator.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from maas_operator.builders.meta import Owner
 from maas_operator.status import modelservice as ms
 from maas_operator.status import trainingjob as tj
-from maas_operator.status.plan import Create, Plan
+from maas_operator.status.plan import Plan, written_manifests
 from maas_operator.status.pods import PodView
 from tests.operator import kstatus
 
@@ -191,8 +191,13 @@ def rolled_out(manifest: dict[str, Any], available: int | None = None, **status:
 
 def serving(spec: dict[str, Any]) -> tuple[ModelServiceStatus, ms.Children]:
     first = ms_plan(spec)
-    created = {a.manifest["kind"]: a.manifest for a in first.actions if isinstance(a, Create)}
-    children = ms.Children(deployment=rolled_out(created["Deployment"]), service=created["Service"])
+    created = {manifest["kind"]: manifest for manifest in written_manifests(first)}
+    children = ms.Children(
+        deployment=rolled_out(created["Deployment"]),
+        service=created["Service"],
+        disruption_budget=created.get("PodDisruptionBudget"),
+        autoscaler=created.get("HorizontalPodAutoscaler"),
+    )
     return ms_plan(spec, first.status, children).status, children
 
 
@@ -217,7 +222,8 @@ def new_model_rolling(auto_rollback: bool = True) -> tuple[dict[str, Any], Model
     spec = ms_spec(V2, rollout={"autoRollback": auto_rollback})
     moving = ms_plan(spec, status, children)
     wanted = next(a.manifest for a in moving.actions if a.manifest["kind"] == "Deployment")  # type: ignore[union-attr]
-    return spec, moving.status, ms.Children(deployment=rolled_out(wanted, updatedReplicas=1), service=children.service)
+    rolling = rolled_out(wanted, updatedReplicas=1)
+    return spec, moving.status, ms.Children(**{**children.__dict__, "deployment": rolling})
 
 
 def job(phase: str, model: ServedModel | None = None) -> dict[str, Any]:
@@ -233,7 +239,8 @@ REF = {"model": {"trainingJobRef": {"name": "digits"}}, "replicas": 2}
 
 
 def ms_created() -> dict[str, Any]:
-    return body("ModelService", ms_spec(), ms_plan(ms_spec()).status)
+    created = ms_plan(ms_spec())  # its children written: the status after them
+    return body("ModelService", ms_spec(), created.status_after or created.status)
 
 
 def ms_ready() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from maas_operator.builders.meta import REPLICAS_FIELD_MANAGER
 from tests.operator.emulator import Cluster, OperatorProcess, wait_for
 from tests.operator.test_trainingjob_operator import HEAD, WORKERS, start_running, trainingjob, wait_pods
 from tests.operator.validation import assert_valid_objects
@@ -110,7 +111,7 @@ async def test_create_serves_and_then_writes_nothing(cluster: Cluster, operator:
     before = writes(cluster)
     await asyncio.sleep(3)  # six resync periods
     assert writes(cluster) == before
-    assert len(cluster.requests("POST", "/deployments")) == 1
+    assert len(cluster.applies("/deployments/digits")) == 1, "one apply created the Deployment; nothing since"
 
 
 async def test_autoscaling_leaves_replicas_to_the_hpa(cluster: Cluster, operator: OperatorProcess) -> None:
@@ -128,10 +129,10 @@ async def test_autoscaling_leaves_replicas_to_the_hpa(cluster: Cluster, operator
     await cluster.patch("Deployment", "digits", {"spec": {"replicas": 5}})
     await roll_out(cluster)
     await wait_status(cluster, lambda s: s["replicas"]["desired"] == 5, "desired 5")
-    deployment_writes = len(cluster.requests("PATCH", "/deployments/digits"))
+    deployment_writes = len(cluster.applies("/deployments/digits"))
     await asyncio.sleep(2)
     assert (await wait_deployment(cluster))["spec"]["replicas"] == 5
-    assert len(cluster.requests("PATCH", "/deployments/digits")) == deployment_writes
+    assert len(cluster.applies("/deployments/digits")) == deployment_writes
 
 
 async def test_model_change_rolls_out_and_a_failed_rollout_rolls_back(
@@ -260,9 +261,11 @@ async def test_trainingjob_ref_follows_the_job_through_retraining(cluster: Clust
     await cluster.delete("TrainingJob", "digits")
     for pod in await cluster.list("Pod"):
         await cluster.delete("Pod", pod["metadata"]["name"])  # garbage collection's part
-    await wait_status(
-        cluster, lambda s: condition(s, "ModelResolved").get("reason") == "TrainingJobNotFound", "job gone"
+    status = await wait_status(
+        cluster, lambda s: condition(s, "ModelResolved").get("reason") == "TrainingJobDeleted", "job gone"
     )
+    assert condition(status, "ModelResolved")["status"] == "True" and status["phase"] == "Ready"
+    assert "keeps serving" in condition(status, "ModelResolved")["message"]
     await cluster.create(trainingjob())
     await wait_pods(cluster, [HEAD, *WORKERS])
     await succeed(cluster, V2["sha256"])
@@ -301,13 +304,13 @@ async def test_restart_mid_creation_makes_no_duplicates(cluster: Cluster, operat
 
     (
         cluster.emulator[
-            lambda r: str(r.method).upper().endswith("POST") and "/services" in str(r.url) and not hang.is_set()
+            lambda r: str(r.method).upper().endswith("PATCH") and "/services/" in str(r.url) and not hang.is_set()
         ]
         << slow_create
     )
     await cluster.create(modelservice())
     await wait_deployment(cluster)
-    await wait_for(lambda: _requested(cluster, "/services"), what="the Service create in flight")
+    await wait_for(lambda: _requested(cluster, "/services/digits"), what="the Service create in flight")
     operator.stop(kill=True)
     hang.set()
     operator.start()
@@ -318,7 +321,7 @@ async def test_restart_mid_creation_makes_no_duplicates(cluster: Cluster, operat
 
 
 async def _requested(cluster: Cluster, path: str) -> bool:
-    return bool(cluster.requests("POST", path))
+    return bool(cluster.applies(path))
 
 
 async def test_turning_autoscaling_on_keeps_the_replica_count(cluster: Cluster, operator: OperatorProcess) -> None:
@@ -327,6 +330,13 @@ async def test_turning_autoscaling_on_keeps_the_replica_count(cluster: Cluster, 
     autoscaling = {"minReplicas": 2, "maxReplicas": 6, "metric": "cpu"}
     await cluster.patch("ModelService", "digits", {"spec": {"replicas": None, "autoscaling": autoscaling}})
     await wait_for(lambda: cluster.get("HorizontalPodAutoscaler", "digits"), what="HPA")
-    handovers = [r for r in cluster.requests("PATCH", "/deployments/digits") if "fieldManager" in str(r.url)]
-    assert any(r.data == {"spec": {"replicas": 3}} for r in handovers), "the count is handed over before the apply"
-    assert (await wait_deployment(cluster))["spec"]["replicas"] == 3
+    handovers = cluster.applies("/deployments/digits", REPLICAS_FIELD_MANAGER)
+    assert [r.data["spec"] for r in handovers] == [{"replicas": 3}], "the count is handed over before the apply"
+    deployment = await wait_for(lambda: _applied_without_replicas(cluster), what="the apply that leaves replicas out")
+    assert deployment["spec"]["replicas"] == 3, "the API server kept the count the hand-over manager co-owns"
+
+
+async def _applied_without_replicas(cluster: Cluster) -> dict[str, Any] | None:
+    deployment = await cluster.get("Deployment", "digits")
+    ours = cluster.applies("/deployments/digits")
+    return deployment if ours and "replicas" not in ours[-1].data["spec"] else None

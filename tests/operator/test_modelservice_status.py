@@ -8,7 +8,7 @@ from typing import Any
 
 from maas_operator.api import conditions
 from maas_operator.api.modelservice import ModelServiceSpec, ModelServiceStatus, ServedModel
-from maas_operator.builders.meta import Owner
+from maas_operator.builders.meta import REPLICAS_FIELD_MANAGER, Owner
 from maas_operator.status.modelservice import (
     DEGRADED,
     MODEL_RESOLVED,
@@ -20,7 +20,7 @@ from maas_operator.status.modelservice import (
     Observed,
     plan_modelservice,
 )
-from maas_operator.status.plan import Apply, Create, Delete, Patch, Plan
+from maas_operator.status.plan import Apply, Delete, Plan, written_manifests
 
 OWNER = Owner("ModelService", "digits", "team-a", "uid-ms")
 IMAGE = "registry.example/serve:test"
@@ -56,7 +56,7 @@ def condition(result: Plan[ModelServiceStatus], condition_type: str) -> tuple[st
 
 
 def created(result: Plan[ModelServiceStatus], kind: str) -> dict[str, Any]:
-    return next(a.manifest for a in result.actions if isinstance(a, Create | Apply) and a.manifest["kind"] == kind)
+    return next(manifest for manifest in written_manifests(result) if manifest["kind"] == kind)
 
 
 def rolled_out(manifest: dict[str, Any], ready: int | None = None, **status: Any) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def serving(
 ) -> tuple[Plan[ModelServiceStatus], Children]:
     """Create, then observe the children as rolled out: a ModelService serving its model."""
     first = plan(body, status)
-    manifests = {a.manifest["kind"]: a.manifest for a in first.actions if isinstance(a, Create)}
+    manifests = {manifest["kind"]: manifest for manifest in written_manifests(first)}
     children = Children(
         deployment=rolled_out(manifests["Deployment"]),
         service=manifests["Service"],
@@ -124,7 +124,7 @@ def test_invalid_spec_gets_failed_and_no_children() -> None:
 
 def test_a_uri_model_creates_every_child_and_records_the_model_first() -> None:
     result = plan(spec())
-    kinds = sorted(a.manifest["kind"] for a in result.actions if isinstance(a, Create))
+    kinds = sorted(manifest["kind"] for manifest in written_manifests(result))
     assert kinds == ["Deployment", "PodDisruptionBudget", "Service"]
     assert result.status.model == V1 and result.status.url == "http://digits.team-a.svc"
     assert condition(result, MODEL_RESOLVED)[0] == "True"
@@ -215,7 +215,9 @@ def test_what_serves_keeps_serving_while_the_trainingjob_retrains() -> None:
     retrained = plan(body, retraining.status, children, {"train": succeeded_job("j2", "4" * 64)})
     assert retrained.status.model is not None and retrained.status.model.sha256 == "4" * 64
     assert retrained.status.previous_model == first.status.model
-    assert [type(a) for a in retrained.actions] == [Apply] and "RolloutStarted" in [e.reason for e in retrained.events]
+    assert [type(a) for a in retrained.actions] == [Apply] and "RolloutStarted" in [
+        e.reason for e in retrained.events_after
+    ]
 
 
 # --- rollouts and rollbacks -------------------------------------------------------------------
@@ -236,7 +238,7 @@ def new_model_rolling(auto_rollback: bool = True) -> tuple[dict[str, Any], Plan[
 
 def test_a_new_model_rolls_the_deployment() -> None:
     body, moving, children = new_model_rolling()
-    assert "RolloutStarted" in [e.reason for e in moving.events]
+    assert "RolloutStarted" in [e.reason for e in moving.events_after]
     during = plan(body, moving.status, children)
     assert (
         condition(during, PROGRESSING)[:2] == ("True", "RollingOut") and "1/2 pods" in condition(during, PROGRESSING)[2]
@@ -330,13 +332,11 @@ def canary_running() -> tuple[Plan[ModelServiceStatus], Children]:
     ready, children = serving(spec(replicas=4))
     started = plan(canary_spec(), ready.status, children)
     canary = next(
-        a.manifest
-        for a in started.actions
-        if isinstance(a, Create) and a.manifest["metadata"]["name"] == "digits-canary"
+        manifest for manifest in written_manifests(started) if manifest["metadata"]["name"] == "digits-canary"
     )
     assert canary["spec"]["replicas"] == 1 and started.status.canary is not None
     assert started.status.canary.phase == "Progressing" and started.status.model == V1
-    assert [e.reason for e in started.events] == ["CanaryStarted"]
+    assert [e.reason for e in started.events_after] == ["CanaryStarted"]
     return started, Children(**{**children.__dict__, "canary": rolled_out(canary)})
 
 
@@ -389,7 +389,8 @@ def test_turning_autoscaling_on_hands_the_replica_count_to_the_hpa() -> None:
     body.pop("replicas")
     switched = plan(body, fixed.status, children)
     handover, applied = switched.actions[:2]
-    assert isinstance(handover, Patch) and isinstance(applied, Apply), "the hand-over comes before the apply"
-    assert handover.patch == {"spec": {"replicas": 5}}, "the count stays where it is"
+    assert isinstance(handover, Apply) and isinstance(applied, Apply), "the hand-over comes before the apply"
+    assert handover.field_manager == REPLICAS_FIELD_MANAGER, "another manager keeps the count when ours drops it"
+    assert handover.manifest["spec"] == {"replicas": 5}, "the count stays where it is"
     assert "replicas" not in created(switched, "Deployment")["spec"]
     assert created(switched, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 2

@@ -19,7 +19,7 @@ from maas_operator.builders import modelservice as ms_build
 from maas_operator.builders.meta import Owner
 from maas_operator.builders.trainingjob import attempt_children
 from maas_operator.status.modelservice import ModelServiceView, Observed, plan_modelservice
-from maas_operator.status.plan import Create
+from maas_operator.status.plan import written_manifests
 from tests.operator import test_api, test_modelservice_api
 from tests.operator.test_admission import assert_both_refuse
 from tests.operator.test_api import changed
@@ -232,6 +232,6 @@ def test_any_cpu_quantity_renders_and_plans(cpu: str | int, threads: str) -> Non
         Owner("ModelService", "digits", "a", "uid"), 1, spec, None, modelservice.ModelServiceStatus()
     )
     plan = plan_modelservice(view, Observed(training_jobs={}), datetime.datetime.now(datetime.UTC), IMAGE)
-    deployment = next(a.manifest for a in plan.actions if isinstance(a, Create) and a.manifest["kind"] == "Deployment")
+    deployment = next(manifest for manifest in written_manifests(plan) if manifest["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OMP_NUM_THREADS"] == threads == str(whole_cpus(str(cpu)))

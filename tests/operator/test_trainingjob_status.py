@@ -147,7 +147,11 @@ def test_next_attempt_waits_for_old_pods_then_starts_with_new_attempt_number() -
     retried = plan(running_status(), [pod(HEAD, "Failed", exit_code=1), pod(W0), pod(W1)]).status
     lingering = plan(retried, [pod(HEAD, "Failed", exit_code=1, deleting=True)])
     assert created_names(lingering) == [] and lingering.status.phase == "Restarting"
-    fresh = plan(lingering.status, [])
+    backing_off = plan(lingering.status, [], at=T0 + datetime.timedelta(seconds=4))
+    assert created_names(backing_off) == [] and backing_off.status.phase == "Restarting"
+    assert cond(backing_off.status, "Created")[:2] == ("False", "BackoffBeforeRestart")
+    assert backing_off.requeue_after == 6, "the first retry waits 10 s, like a Kubernetes Job's"
+    fresh = plan(lingering.status, [], at=T0 + datetime.timedelta(seconds=10))
     assert created_names(fresh) == [POLICY, HEAD, HEAD, W0, W1]
     creates = [a for a in fresh.actions if isinstance(a, Create) and a.manifest["kind"] == "Pod"]
     assert all(c.manifest["metadata"]["labels"]["maas.dev/attempt"] == "2" for c in creates)
@@ -297,10 +301,37 @@ def test_progress_summary_and_stall() -> None:
 
 def test_failure_history_is_bounded() -> None:
     status = final(plan())  # attempt 1's pods exist
-    for _ in range(14):
+    job = spec(backoffLimit=100, maxPlatformRetries=100, startupDeadlineSeconds=86400)
+    for n in range(14):
+        at = T0 + datetime.timedelta(hours=n)  # well past each backoff
         heads = [pod(HEAD, "Failed", attempt=status.attempt, exit_code=75)]
-        status = plan(status, heads, spec(backoffLimit=100)).status
-        status = final(plan(status, []))  # the next attempt's pods are created
+        status = plan(status, heads, job, at=at).status
+        status = final(plan(status, [], job, at=at + datetime.timedelta(minutes=30)))  # the next attempt's pods
     assert len(status.failures) == 10 and status.failures[-1].attempt == 14
     assert {f.reason for f in status.failures} == {"InfrastructureError"}
     assert status.attempt == 15 and status.charged_failures == 0
+
+
+def test_an_edit_of_an_immutable_field_never_reaches_the_running_attempt() -> None:
+    """Got past admission (an older CRD): the attempt keeps its spec; runPolicy edits still apply."""
+    running = running_status()
+    built_from = json.dumps(spec().to_wire())
+    head = pod(HEAD, trainingjob_spec=built_from)
+    edited = TrainingJobSpec.model_validate(
+        {**spec().to_wire(), "image": "registry.example/other:2", "runPolicy": {"stallTimeoutSeconds": 600}}
+    )
+    result = plan(running, [head, pod(W0)], job_spec=edited)  # worker 1 is lost meanwhile
+    status, reason, message = cond(final(result), "SpecAccepted")
+    assert (status, reason) == ("False", "ImmutableFieldChanged")
+    assert "image" in message and "immutable" in message
+    assert [e.reason for e in result.events + result.events_after] == ["ImmutableFieldChanged", "WorkerRestarted"]
+    recreated = next(a.manifest for a in result.actions if isinstance(a, Create))
+    assert recreated["spec"]["containers"][0]["image"] == "image:test"  # built from the spec the run started with
+    env = {e["name"]: e.get("value") for e in recreated["spec"]["containers"][0]["env"]}
+    assert json.loads(env["MAAS_TRAININGJOB"]).get("image") is None
+    assert json.loads(env["MAAS_TRAININGJOB"])["runPolicy"]["stallTimeoutSeconds"] == 600
+
+    again = plan(final(result), [head, pod(W0), pod(W1)], job_spec=edited)
+    assert not [e for e in again.events if e.reason == "ImmutableFieldChanged"]  # one Event per refusal
+    reverted = plan(final(again), [head, pod(W0), pod(W1)])
+    assert cond(final(reverted), "SpecAccepted")[:2] == ("True", "Accepted")

@@ -176,6 +176,32 @@ DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS: Final = 75.0
 a server closing an idle connection races with a client sending on it."""
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 
+# --- Causal language models (OpenAI API, vLLM's HTTP contract) ------------------------------
+# The built-in server speaks the OpenAI API when the artifact's manifest is `hf-causal-lm`;
+# the same routes, metrics and auth header as vLLM's OpenAI server, so either engine serves.
+LLM_HEALTH_PATH: Final = "/health"
+"""200 once the model is loaded and warmed up, 503 before and while draining (both engines)."""
+ENV_MAX_MODEL_LEN: Final = "MAAS_MAX_MODEL_LEN"
+ENV_MAX_NUM_SEQS: Final = "MAAS_MAX_NUM_SEQS"
+ENV_KV_CACHE_BYTES: Final = "MAAS_KV_CACHE_BYTES"
+ENV_BLOCK_SIZE: Final = "MAAS_BLOCK_SIZE"
+ENV_MAX_NUM_BATCHED_TOKENS: Final = "MAAS_MAX_NUM_BATCHED_TOKENS"
+ENV_DTYPE: Final = "MAAS_DTYPE"
+FETCH_COMMAND: Final = ("python", "-m", "maas_workloads.fetch")
+"""The init container of LLM pods: fetch and verify the model into the cache, then the engine starts."""
+ENV_FETCH_DESTINATION: Final = "MAAS_FETCH_DESTINATION"
+ENV_LORA_ADAPTERS: Final = "MAAS_LORA_ADAPTERS"
+"""JSON list of {name, uri, sha256}: adapters fetched to `<destination>-lora-<name>`."""
+DEFAULT_MAX_NUM_SEQS: Final = 32
+DEFAULT_KV_CACHE_BYTES: Final = 1 << 30
+"""1 GiB, as the vLLM CPU build's VLLM_CPU_KVCACHE_SPACE=1 that bounded it on a 2-core machine."""
+DEFAULT_BLOCK_SIZE: Final = 32
+DEFAULT_MAX_NUM_BATCHED_TOKENS: Final = 512
+METRIC_LLM_WAITING: Final = "vllm:num_requests_waiting"
+"""Requests waiting for a sequence slot: the autoscaling signal for LLMs (vLLM production stack: 5 per pod)."""
+METRIC_LLM_KV_CACHE_USAGE: Final = "vllm:kv_cache_usage_perc"
+"""Fraction (0..1) of the KV cache held by running sequences."""
+
 # --- LLM serving metrics -------------------------------------------------------------------
 # vLLM's OpenAI server exports these (label VLLM_MODEL_LABEL on each); every LLM engine a
 # ModelService runs (builtin and vllm) exports the same names, so the chart's alerts and

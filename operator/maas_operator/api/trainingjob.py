@@ -79,6 +79,9 @@ class RunPolicy(ApiModel):
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Failed attempts charged to the application before the run is Failed. Platform failures
     (preemption, eviction, node loss) are retried without charge."""
+    max_platform_retries: int = Field(default=10, ge=0, le=1000)
+    """Attempts ended by the platform (preemption, eviction, node loss, exit 75) retried before
+    the run is Failed (PlatformRetryLimitExceeded): they cost no backoffLimit, but still end."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Longest the run may take from its start, across attempts; then Failed (DeadlineExceeded)."""
     startup_deadline_seconds: int = Field(default=600, ge=1)
@@ -247,6 +250,8 @@ class TrainingJobStatus(ApiModel):
     """Worker pods recreated inside attempts."""
     charged_failures: int = 0
     """Failures counted against backoffLimit."""
+    platform_failures: int = 0
+    """Failures the platform caused (not charged), counted against runPolicy.maxPlatformRetries."""
     failures: list[Failure] = Field(default_factory=list, max_length=MAX_FAILURES_KEPT)
     """The latest ended attempts, newest last."""
     progress: ProgressStatus | None = None

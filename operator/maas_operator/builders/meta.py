@@ -9,6 +9,9 @@ from maas_workloads.contract import API_GROUP, API_VERSION
 
 MANAGED_BY = "maas-operator"
 FIELD_MANAGER = "maas-operator"
+REPLICAS_FIELD_MANAGER = "maas-operator-replicas"
+"""Co-owns an autoscaled Deployment's spec.replicas so that our main apply can leave the field out
+without the API server resetting it (Server-Side Apply's "transferring ownership" recipe)."""
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"

@@ -1,4 +1,4 @@
-"""ModelService: watch events feed the work queue; a reconcile observes, plans and carries out."""
+"""ModelService: watches keep the indices and feed the work queue; a reconcile observes, plans and carries out."""
 
 from __future__ import annotations
 
@@ -12,16 +12,23 @@ import kopf
 
 from maas_operator import metrics
 from maas_operator.api.modelservice import KIND, NAME_RULES, PLURAL, ModelServiceSpec, ModelServiceStatus
-from maas_operator.api.trainingjob import KIND as TRAININGJOB
-from maas_operator.api.trainingjob import PLURAL as TRAININGJOBS
+from maas_operator.api.trainingjob import PLURAL as TRAININGJOBS_PLURAL
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_MODELSERVICE, MANAGED_BY, Owner
 from maas_operator.builders.modelservice import deployment_name
-from maas_operator.handlers.execute import carry_out
-from maas_operator.handlers.runtime import ObjectKey, Runtime
+from maas_operator.handlers.execute import carry_out, schedule_next
+from maas_operator.handlers.runtime import (
+    MODELSERVICES,
+    TRAININGJOBS,
+    ObjectKey,
+    Runtime,
+    modelservice_children_index,
+)
 from maas_operator.status.modelservice import Children, ModelServiceView, Observed, plan_modelservice
+from maas_operator.status.plan import ChildKey
 from maas_operator.status.view import object_view
 from maas_workloads import contract
 
+RESOURCE = (contract.API_GROUP, contract.API_VERSION, PLURAL)
 CHILD_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MODELSERVICE: kopf.PRESENT}
 CHILD_RESOURCES = {
     "Deployment": ("apps", "v1", "deployments"),
@@ -32,25 +39,33 @@ CHILD_RESOURCES = {
 }
 
 
-@kopf.on.event(contract.API_GROUP, contract.API_VERSION, PLURAL)
-def modelservice_event(
+@kopf.index(*RESOURCE, id=MODELSERVICES)
+async def modelservices_index(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
+    return {(namespace or "", name): copy.deepcopy(dict(body))}
+
+
+@kopf.on.event(*RESOURCE)
+async def modelservice_event(
     type: str | None, body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    memo.runtime.object_event((KIND, namespace or "", name), copy.deepcopy(dict(body)), type == "DELETED")
+    memo.runtime.object_event((KIND, namespace or "", name), body, type == "DELETED")
 
 
-def _register_child_watch(kind: str, group: str, version: str, plural: str) -> None:
-    def child_event(
-        type: str | None, body: kopf.Body, labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any
-    ) -> None:
-        owner = (KIND, namespace or "", labels[LABEL_MODELSERVICE])
-        memo.runtime.child_event(owner, kind, copy.deepcopy(dict(body)), type == "DELETED")
+def _register_child_watch(group: str, version: str, plural: str) -> None:
+    async def index_child(
+        body: kopf.Body, labels: Mapping[str, str], namespace: str | None, **_: Any
+    ) -> dict[Any, Any]:
+        return {(namespace or "", labels[LABEL_MODELSERVICE]): copy.deepcopy(dict(body))}
 
+    async def child_event(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+        memo.runtime.child_event((KIND, namespace or "", labels[LABEL_MODELSERVICE]))
+
+    kopf.index(group, version, plural, labels=CHILD_LABELS, id=modelservice_children_index(plural))(index_child)
     kopf.on.event(group, version, plural, labels=CHILD_LABELS, id=f"modelservice-{plural}")(child_event)
 
 
-for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
-    _register_child_watch(_kind, _group, _version, _plural)
+for _group, _version, _plural in CHILD_RESOURCES.values():
+    _register_child_watch(_group, _version, _plural)
 
 
 def referenced_trainingjobs(spec: Mapping[str, Any]) -> set[str]:
@@ -63,21 +78,30 @@ def referenced_trainingjobs(spec: Mapping[str, Any]) -> set[str]:
     }
 
 
-@kopf.on.event(contract.API_GROUP, contract.API_VERSION, TRAININGJOBS, id="modelservice-trainingjobs")
-def trainingjob_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """A TrainingJob that succeeded (or was replaced) may change what a ModelService serves."""
+@kopf.on.event(contract.API_GROUP, contract.API_VERSION, TRAININGJOBS_PLURAL, id="modelservice-trainingjobs")
+async def trainingjob_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A TrainingJob that succeeded (or was replaced) may change what a ModelService serves.
+
+    Runs on the TrainingJob's own watch event (the index already holds its new body), not at a resync.
+    """
     runtime: Runtime = memo.runtime
-    runtime.dependents(KIND, namespace or "", lambda body: name in referenced_trainingjobs(body.get("spec") or {}))
+    runtime.dependents(namespace or "", lambda body: name in referenced_trainingjobs(body.get("spec") or {}))
 
 
 def modelservice_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> ModelServiceView:
     return object_view(body, cached_status, KIND, NAME_RULES, ModelServiceSpec, ModelServiceStatus)
 
 
-def observe(runtime: Runtime, key: ObjectKey, owner: Owner, spec: Mapping[str, Any]) -> Observed:
-    children = runtime.children[key]
+def observe(runtime: Runtime, owner: Owner, spec: Mapping[str, Any]) -> Observed:
+    watched: dict[ChildKey, dict[str, Any]] = {
+        (kind, child["metadata"]["name"]): child
+        for kind, (_, _, plural) in CHILD_RESOURCES.items()
+        for child in runtime.watched.all(modelservice_children_index(plural), (owner.namespace, owner.name))
+    }
+    state = runtime.state(owner.uid)
+    children = state.observe_children(watched)
     training_jobs = {
-        name: runtime.bodies.get((TRAININGJOB, owner.namespace, name)) for name in referenced_trainingjobs(spec)
+        name: runtime.watched.one(TRAININGJOBS, (owner.namespace, name)) for name in referenced_trainingjobs(spec)
     }
     return Observed(
         Children(
@@ -89,11 +113,12 @@ def observe(runtime: Runtime, key: ObjectKey, owner: Owner, spec: Mapping[str, A
             pods=[body for (kind, _), body in children.items() if kind == "Pod"],
         ),
         training_jobs,
+        dict(state.refusals),
     )
 
 
 async def reconcile_modelservice(runtime: Runtime, key: ObjectKey) -> None:
-    body = runtime.bodies.get(key)
+    body = runtime.body(key)
     if body is None:
         return  # deleted since it was queued
     state = runtime.state(body["metadata"]["uid"])
@@ -101,12 +126,12 @@ async def reconcile_modelservice(runtime: Runtime, key: ObjectKey) -> None:
     result = "error"
     try:
         view = modelservice_view(body, state.status)
-        observed = observe(runtime, key, view.owner, body.get("spec") or {})
-        plan = plan_modelservice(view, observed, datetime.datetime.now(datetime.UTC), runtime.config.serving_image)
-        await carry_out(plan, view.owner, body, runtime)
+        observed = observe(runtime, view.owner, body.get("spec") or {})
+        now = datetime.datetime.now(datetime.UTC)
+        plan = plan_modelservice(view, observed, now, runtime.config.serving_image)
+        outcome = await carry_out(plan, view.owner, body, runtime, now)
         record_transitions(view.status, plan.status)
-        if plan.requeue_after is not None:
-            runtime.queue.add(key, plan.requeue_after)
+        schedule_next(runtime, key, plan, outcome, now)
         result = "ok"
     finally:
         metrics.RECONCILES.labels(kind=KIND, result=result).inc()

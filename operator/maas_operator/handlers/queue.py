@@ -4,6 +4,8 @@ Watch events and the periodic resync only enqueue an object's key; workers recon
 one at a time per key (never two reconciles of one object at once), coalesce repeated
 enqueues, and retry failures with exponential backoff. kopf delivers the events; it keeps
 no per-object bookkeeping of its own, so it never writes annotations or finalizers.
+
+Keys may be added before `start()`: they wait until the workers run.
 """
 
 from __future__ import annotations
@@ -31,8 +33,13 @@ class WorkQueue:
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def started(self) -> bool:
+        return bool(self._tasks)
+
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(), name=f"reconciler-{n}") for n in range(self._workers)]
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._work(), name=f"reconciler-{n}") for n in range(self._workers)]
 
     async def stop(self) -> None:
         for timer in self._timers.values():
@@ -42,10 +49,16 @@ class WorkQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def add(self, key: Hashable, delay: float = 0.0) -> None:
-        """Reconcile `key` soon (or after `delay`); repeated adds before it runs count once."""
+        """Reconcile `key` soon (or after `delay` seconds); repeated adds before it runs count once,
+        and of two delayed adds the earlier wins."""
         if delay > 0:
-            if key not in self._timers:
-                self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key)
+            loop = asyncio.get_running_loop()
+            timer = self._timers.get(key)
+            if timer is not None and timer.when() <= loop.time() + delay:
+                return
+            if timer is not None:
+                timer.cancel()
+            self._timers[key] = loop.call_later(delay, self._fire, key)
             return
         if key in self._running:
             self._dirty.add(key)  # runs again as soon as the current reconcile ends

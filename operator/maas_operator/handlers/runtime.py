@@ -1,7 +1,13 @@
-"""State the handlers share for the operator's lifetime: API client, caches, locks.
+"""State the handlers share for the operator's lifetime: API client, the watched view, caches.
 
 Nothing here survives a restart, and nothing needs to: after a restart the watch streams
 re-list every object and its children, and status carries the identity that matters.
+
+The watched view is a set of kopf indices (`@kopf.index`), which kopf guarantees to be fully
+populated from the initial listings before it invokes any event handler (kopf docs, "Indexing:
+Guarantees"). The work queue's workers start on the first event handler call, so no reconcile
+ever plans from a partial view: a restarted operator never takes a pod that was simply not
+listed yet for a lost one.
 """
 
 from __future__ import annotations
@@ -9,33 +15,51 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from maas_operator import metrics
+from maas_operator.builders.modelservice import spec_hash
 from maas_operator.config import OperatorConfig
 from maas_operator.handlers.queue import WorkQueue
-from maas_operator.kube.client import KubeClient
+from maas_operator.kube.client import KubeClient, KubeError
 from maas_operator.kube.patch import merge_patch
+from maas_operator.status.plan import ChildAction, ChildKey, Refusal, action_fingerprint
 from maas_operator.status.pods import PodView
 
 EXPECTATION_SECONDS = 60.0
 """How long a write of ours is assumed to be in flight before the watch must have shown it."""
 
+# The kopf indices (handler ids) the handlers declare; values are per key (namespace, name).
+TRAININGJOBS = "maas-trainingjobs"
+"""TrainingJob bodies by (namespace, name)."""
+MODELSERVICES = "maas-modelservices"
+"""ModelService bodies by (namespace, name)."""
+TRAININGJOB_PODS = "maas-trainingjob-pods"
+"""PodViews of TrainingJob pods by (namespace, owner name)."""
+
+
+def modelservice_children_index(plural: str) -> str:
+    """The index of a ModelService child kind: bodies by (namespace, owner name)."""
+    return f"maas-modelservice-{plural}"
+
 
 @dataclass
 class ObjectState:
-    """Per custom resource: one reconcile at a time, our last status, writes not yet seen."""
+    """Per custom resource: our last status, writes not yet seen by the watch, refused writes."""
 
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     status: dict[str, Any] | None = None
     """The status we last wrote: we are its only writer, so it is never staler than the watch."""
     created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
+    written: dict[ChildKey, tuple[dict[str, Any] | None, float]] = field(default_factory=dict)
+    """Children we applied (their body) or deleted (None), until the watch shows the write."""
+    refusals: dict[ChildKey, Refusal] = field(default_factory=dict)
     last_poll: float = 0.0
     """When the head's progress was last fetched (monotonic seconds)."""
 
@@ -62,12 +86,78 @@ class ObjectState:
         corrected = [dataclasses.replace(pod, deleting=True) if pod.name in self.deleted else pod for pod in pods]
         return corrected + [pod for pod, _ in self.created.values()]
 
+    def remember(self, key: ChildKey, body: dict[str, Any] | None) -> None:
+        self.written[key] = (body, time.monotonic())
+
+    def observe_children(self, watched: Mapping[ChildKey, dict[str, Any]]) -> dict[ChildKey, dict[str, Any]]:
+        """The watched children, corrected for our applies and deletes the watch has not shown yet."""
+        now = time.monotonic()
+        children = dict(watched)
+        for key, (body, since) in list(self.written.items()):
+            seen = watched.get(key)
+            if body is None:
+                caught_up = seen is None or bool((seen.get("metadata") or {}).get("deletionTimestamp"))
+            else:
+                caught_up = seen is not None and spec_hash(seen) == spec_hash(body)
+            if caught_up or now - since >= EXPECTATION_SECONDS:
+                del self.written[key]
+            elif body is None:
+                children.pop(key, None)
+            else:
+                children[key] = body
+        return children
+
+    # --- refused writes ------------------------------------------------------------------
+    def backing_off(self, action: ChildAction, now: datetime.datetime) -> bool:
+        """The same write was refused and its retry is not due yet."""
+        refusal = self.refusals.get(action.key)
+        return refusal is not None and refusal.fingerprint == action_fingerprint(action) and now < refusal.retry_at
+
+    def refuse(self, action: ChildAction, error: KubeError, now: datetime.datetime) -> bool:
+        """Record a refusal; True when it is new (not the same child refused with the same words)."""
+        kind, name = action.key
+        before = self.refusals.get(action.key)
+        repeated = before is not None and before.message == error.message
+        self.refusals[action.key] = Refusal(
+            kind=kind,
+            name=name,
+            verb=action.verb,
+            code=error.status,
+            reason=error.reason,
+            message=error.message,
+            fingerprint=action_fingerprint(action),
+            first=before.first if repeated and before else now,
+            last=now,
+            attempts=before.attempts + 1 if repeated and before else 1,
+        )
+        return not repeated
+
+    def keep_refusals(self, wanted: set[ChildKey]) -> None:
+        """Forget refusals of writes the last plan no longer wanted (the spec or the state moved on)."""
+        self.refusals = {key: refusal for key, refusal in self.refusals.items() if key in wanted}
+
 
 ObjectKey = tuple[str, str, str]
 """(kind, namespace, name) of a custom resource."""
-ChildKey = tuple[str, str]
-"""(kind, name) of a child object, in its owner's namespace."""
 Reconciler = Callable[["Runtime", ObjectKey], Awaitable[None]]
+
+
+class Watched:
+    """Read access to the kopf indices: every value indexed under a key, or one of them."""
+
+    def __init__(self, indices: Mapping[str, Any]) -> None:
+        self._indices = indices
+
+    def all(self, index: str, key: tuple[str, str]) -> list[Any]:
+        found = self._indices[index]
+        return list(found[key]) if key in found else []
+
+    def one(self, index: str, key: tuple[str, str]) -> Any | None:
+        values = self.all(index, key)
+        return values[0] if values else None
+
+    def keys(self, index: str) -> list[tuple[str, str]]:
+        return list(self._indices[index])
 
 
 @dataclass
@@ -76,94 +166,141 @@ class Runtime:
     kube: KubeClient
     http: aiohttp.ClientSession
     reconcilers: dict[str, Reconciler]
+    watched: Watched
     queue: WorkQueue = field(init=False)
-    bodies: dict[ObjectKey, dict[str, Any]] = field(default_factory=dict)
-    """The latest watched body of every custom resource."""
-    pods: dict[ObjectKey, dict[str, PodView]] = field(default_factory=lambda: collections.defaultdict(dict))
-    """The watched pods of every TrainingJob, by owner."""
-    children: dict[ObjectKey, dict[ChildKey, dict[str, Any]]] = field(
-        default_factory=lambda: collections.defaultdict(dict)
-    )
-    """The watched children of every ModelService (Deployments, Service, HPA, PDB, pods), by owner."""
     objects: dict[str, ObjectState] = field(default_factory=lambda: collections.defaultdict(ObjectState))
     phases: dict[str, tuple[str, str]] = field(default_factory=dict)
+    leading: bool = True
+    """Reconciles run: always without leader election; with it, while this replica leads (leadership.py)."""
+    listed: bool = field(default=False, init=False)
+    """Every index is populated (an event handler ran)."""
 
     def __post_init__(self) -> None:
-        self.queue = WorkQueue(self._dispatch)
+        self.queue = self._new_queue()
+
+    def _new_queue(self) -> WorkQueue:
+        return WorkQueue(self._dispatch)
 
     @classmethod
-    async def start(cls, config: OperatorConfig, reconcilers: dict[str, Reconciler]) -> Runtime:
+    async def start(
+        cls,
+        config: OperatorConfig,
+        reconcilers: dict[str, Reconciler],
+        indices: Mapping[str, Any],
+        may_write: Callable[[], bool] | None = None,
+    ) -> Runtime:
+        """`indices`: kopf's indices by id (passed to startup handlers, populated once kopf has listed).
+        `may_write`: with leader election, whether this replica leads now; reconciles then wait for
+        `start_leading()`, and every write is refused (NotLeaderError) while it returns False."""
         timeout = aiohttp.ClientTimeout(total=config.progress_timeout_seconds)
-        runtime = cls(
+        return cls(
             config=config,
-            kube=await KubeClient.connect(),
+            kube=await KubeClient.connect(may_write),
             http=aiohttp.ClientSession(timeout=timeout),
             reconcilers=reconcilers,
+            watched=Watched(indices),
+            leading=may_write is None,
         )
-        runtime.queue.start()
-        return runtime
 
     async def stop(self) -> None:
         await self.queue.stop()
         await self.http.close()
         await self.kube.close()
 
+    def synced(self) -> None:
+        """Called by every event handler: kopf runs them only once every index is populated."""
+        self.listed = True
+        if self.leading:
+            self.queue.start()
+
+    # --- leadership (handlers/leadership.py) ---------------------------------------------
+    def start_leading(self) -> None:
+        """A new term: forget what earlier terms remembered (another replica may have written
+        since: cached status and expected writes are stale), then reconcile every object."""
+        self.objects.clear()
+        self.phases.clear()
+        self._publish_phases()
+        self.leading = True
+        for key in self.keys():
+            self.queue.add(key)
+        if self.listed:
+            self.queue.start()
+
+    async def stop_leading(self) -> None:
+        """Cancel every reconcile and wait until none runs; the watches go on. Keys queued from now
+        on wait in a fresh queue for the next term (which reconciles everything anyway)."""
+        self.leading = False
+        stopped, self.queue = self.queue, self._new_queue()
+        await stopped.stop()
+        self.phases.clear()
+        self._publish_phases()
+
+    # --------------------------------------------------------------------------------------
+
     async def _dispatch(self, key: Any) -> None:
         await self.reconcilers[key[0]](self, key)
+
+    def body(self, key: ObjectKey) -> dict[str, Any] | None:
+        kind, namespace, name = key
+        index = TRAININGJOBS if kind == "TrainingJob" else MODELSERVICES
+        body: dict[str, Any] | None = self.watched.one(index, (namespace, name))
+        return body
+
+    def keys(self) -> list[ObjectKey]:
+        """Every watched custom resource (safe from other threads: the key lists are copied in one step)."""
+        return [
+            (kind, namespace, name)
+            for kind, index in (("TrainingJob", TRAININGJOBS), ("ModelService", MODELSERVICES))
+            for namespace, name in self.watched.keys(index)
+        ]
 
     async def resync_forever(self) -> None:
         """Re-evaluate every object periodically: deadlines, stalls, TTLs and missed events."""
         while True:
             await asyncio.sleep(self.config.resync_seconds)
-            for key in list(self.bodies):
+            for key in self.keys():
                 self.queue.add(key)
 
-    def object_event(self, key: ObjectKey, body: dict[str, Any], deleted: bool) -> None:
+    def object_event(self, key: ObjectKey, body: Mapping[str, Any], deleted: bool) -> None:
+        self.synced()
         if deleted:
-            self.bodies.pop(key, None)
-            self.forget(body["metadata"].get("uid", ""))
+            self.forget(str(body["metadata"].get("uid", "")))
             return
-        self.bodies[key] = body
         self.queue.add(key)
 
-    def pod_event(self, owner: ObjectKey, pod: PodView, deleted: bool) -> None:
-        if deleted:
-            self.pods[owner].pop(pod.name, None)
-        else:
-            self.pods[owner][pod.name] = pod
-        if owner in self.bodies:
+    def child_event(self, owner: ObjectKey) -> None:
+        self.synced()
+        if self.body(owner) is not None:
             self.queue.add(owner)
 
-    def child_event(self, owner: ObjectKey, kind: str, body: dict[str, Any], deleted: bool) -> None:
-        if deleted:
-            self.forget_child(owner, kind, body["metadata"]["name"])
-        else:
-            self.remember_child(owner, kind, body)
-        if owner in self.bodies:
-            self.queue.add(owner)
-
-    def remember_child(self, owner: ObjectKey, kind: str, body: dict[str, Any]) -> None:
-        """Also called with what we just wrote, so the next reconcile does not wait for the watch."""
-        self.children[owner][(kind, body["metadata"]["name"])] = body
-
-    def forget_child(self, owner: ObjectKey, kind: str, name: str) -> None:
-        self.children[owner].pop((kind, name), None)
-
-    def dependents(self, kind: str, namespace: str, refers_to: Callable[[dict[str, Any]], bool]) -> None:
-        """Queue every object of `kind` in `namespace` whose body satisfies `refers_to`."""
-        for key, body in list(self.bodies.items()):
-            if key[0] == kind and key[1] == namespace and refers_to(body):
-                self.queue.add(key)
+    def dependents(self, namespace: str, refers_to: Callable[[dict[str, Any]], bool]) -> None:
+        """Queue every ModelService in `namespace` whose body satisfies `refers_to`."""
+        self.synced()
+        for index_key in self.watched.keys(MODELSERVICES):
+            if index_key[0] != namespace:
+                continue
+            body = self.watched.one(MODELSERVICES, index_key)
+            if body is not None and refers_to(body):
+                self.queue.add(("ModelService", *index_key))
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Every custom resource as watched, with the status we last wrote (never staler); any thread."""
+        """Every custom resource as watched, with the status we last wrote (never staler); any thread.
+
+        Copies are taken without awaiting, so a concurrent change on the event loop makes an
+        object missing from this snapshot at worst, never a crash.
+        """
         objects = dict(self.objects)
-        return [
-            {**body, "status": state.status}
-            if (state := objects.get(body["metadata"].get("uid", ""))) is not None and state.status is not None
-            else body
-            for body in dict(self.bodies).values()
-        ]
+        found = []
+        for key in self.keys():
+            try:
+                body = self.body(key)
+            except (KeyError, RuntimeError):  # changed on the loop while we read
+                continue
+            if body is None:
+                continue
+            state = objects.get(body["metadata"].get("uid", ""))
+            found.append({**body, "status": state.status} if state is not None and state.status is not None else body)
+        return found
 
     def state(self, uid: str) -> ObjectState:
         return self.objects[uid]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from maas_operator.builders.meta import LABEL_ATTEMPT, LABEL_ROLE, LABEL_WORKER_INDEX
+from maas_operator.builders.trainingjob import HEAD
+from maas_workloads.contract import ENV_TRAININGJOB
 
 # Pod-level reasons the kubelet or control plane sets when the platform, not the workload, ended a pod.
 PLATFORM_POD_REASONS = frozenset(
@@ -22,6 +24,12 @@ STUCK_WAITING_REASONS = frozenset(
         "CrashLoopBackOff",
     }
 )
+
+
+DEFAULT_GRACE_SECONDS = 30
+"""terminationGracePeriodSeconds when a pod does not set it (the Kubernetes default)."""
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+"""The node lifecycle controller's taint once a node stops reporting."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,15 @@ class PodView:
     waiting_reason: str | None = None
     waiting_message: str | None = None
     restarts: int = 0
+    node: str | None = None
+    """spec.nodeName: where the pod was scheduled."""
+    deletion_timestamp: str | None = None
+    """metadata.deletionTimestamp: the time by which a graceful deletion should be over."""
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
+    """The deletion's grace period (metadata.deletionGracePeriodSeconds, else the pod's own)."""
+    trainingjob_spec: str | None = None
+    """A TrainingJob head's MAAS_TRAININGJOB: the spec (JSON) its attempt was built from. Heads only,
+    so the operator keeps one copy per job."""
 
     @property
     def terminal(self) -> bool:
@@ -89,6 +106,10 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         unschedulable = scheduled.get("message") or "the scheduler cannot place the pod"
     disruption = _condition(status, "DisruptionTarget")
     ready = _condition(status, "Ready")
+    spec = pod.get("spec") or {}
+    grace = _int(metadata.get("deletionGracePeriodSeconds"))
+    if grace is None:
+        grace = _int(spec.get("terminationGracePeriodSeconds"))
 
     return PodView(
         name=metadata.get("name", ""),
@@ -106,4 +127,50 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         waiting_reason=waiting.get("reason"),
         waiting_message=waiting.get("message"),
         restarts=_int(main.get("restartCount")) or 0,
+        node=spec.get("nodeName") or None,
+        deletion_timestamp=metadata.get("deletionTimestamp"),
+        grace_seconds=DEFAULT_GRACE_SECONDS if grace is None else grace,
+        trainingjob_spec=_env(spec, ENV_TRAININGJOB) if labels.get(LABEL_ROLE) == HEAD else None,
+    )
+
+
+def _env(pod_spec: dict[str, Any], name: str) -> str | None:
+    """A literal env value of the pod's first container."""
+    containers = pod_spec.get("containers") or [{}]
+    return next((e.get("value") for e in containers[0].get("env") or [] if e.get("name") == name), None)
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """Whether a node's kubelet can still confirm that its pods are gone."""
+
+    name: str
+    ready: bool | None
+    """The Ready condition: True, False, or None when Unknown (the kubelet stopped reporting)."""
+    message: str = ""
+    unreachable: bool = False
+    """Tainted node.kubernetes.io/unreachable by the node lifecycle controller."""
+
+    @property
+    def lost(self) -> bool:
+        """NotReady, Unknown or unreachable: pods there will not finish terminating by themselves."""
+        return self.ready is not True or self.unreachable
+
+    def describe(self) -> str:
+        state = "Ready" if self.ready else ("NotReady" if self.ready is False else "Unknown")
+        if self.unreachable:
+            state += ", unreachable"
+        return f"{state}{f': {self.message}' if self.message else ''}"
+
+
+def node_view(node: dict[str, Any]) -> NodeView:
+    status = node.get("status") or {}
+    ready = _condition(status, "Ready") or {}
+    taints = (node.get("spec") or {}).get("taints") or []
+    flag = ready.get("status")
+    return NodeView(
+        name=(node.get("metadata") or {}).get("name", ""),
+        ready=True if flag == "True" else (False if flag == "False" else None),
+        message=ready.get("message") or "",
+        unreachable=any(t.get("key") == UNREACHABLE_TAINT for t in taints),
     )

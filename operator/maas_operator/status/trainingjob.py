@@ -1,4 +1,4 @@
-"""The TrainingJob state machine: (spec, observed pods, progress, now) -> status and writes.
+"""The TrainingJob state machine: (spec, observed pods, nodes, refusals, progress, now) -> status and writes.
 
 Pure: no I/O, no clocks. The handler gathers the observations, calls `plan_trainingjob`, and
 carries the plan out. Every decision a TrainingJob makes lives here, so every transition can
@@ -7,126 +7,71 @@ be unit-tested by building inputs by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import json
-from dataclasses import dataclass, field
 
 from maas_operator.api import conditions
 from maas_operator.api.trainingjob import (
-    MAX_FAILURES_KEPT,
-    Failure,
-    ModelStatus,
-    Phase,
     ProgressStatus,
     TrainingJobSpec,
     TrainingJobStatus,
     WorkersStatus,
+    immutable_changes,
 )
 from maas_operator.builders import trainingjob as build
-from maas_operator.status import kstatus
-from maas_operator.status.plan import Create, Delete, DeleteOwner, Plan, parse_time
-from maas_operator.status.pods import PLATFORM_POD_REASONS, PodView
-from maas_operator.status.view import ObjectView, StatusPlanner
-from maas_workloads.contract import ExitCode, ProgressReport, TerminationMessage
+from maas_operator.status.attempts import (
+    HeadFailure,
+    Timing,
+    classify_head_failure,
+    lingering_pods,
+    progress_summary,
+    restart_backoff,
+)
+from maas_operator.status.plan import Create, Delete, Event, Plan, describe_refusals, parse_time, seconds_until
+from maas_operator.status.pods import PodView
+from maas_operator.status.trainingjob_outcome import (
+    CHILD_REJECTED,
+    CREATED,
+    FAILED,
+    RESTARTING,
+    RUNNING,
+    SPEC_ACCEPTED,
+    STALLED,
+    SUCCEEDED,
+    SUSPENDED,
+    TERMINAL_PHASES,
+    Observed,
+    OutcomePlanner,
+    TrainingJobView,
+)
 
-CREATED = "Created"
-RUNNING = "Running"
-RESTARTING = "Restarting"
-SUSPENDED = "Suspended"
-STALLED = "Stalled"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-TERMINAL_PHASES: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
-# Failures that end a run with every pod removed, whatever cleanPodPolicy says.
-REMOVE_ALL_PODS_REASONS = frozenset({"DeadlineExceeded", "StartupDeadlineExceeded", "InvalidSpec"})
-
-
-TrainingJobView = ObjectView[TrainingJobSpec, TrainingJobStatus]
-
-
-@dataclass(frozen=True)
-class Observed:
-    pods: list[PodView] = field(default_factory=list)
-    progress: ProgressReport | None = None
-    """The head's latest progress report, when it could be fetched."""
-
-
-@dataclass(frozen=True)
-class HeadFailure:
-    reason: str
-    message: str
-    exit_code: int | None
-    charged: bool
-    """Counts against backoffLimit."""
-    permanent: bool = False
-    """Retrying can never help (a configuration error)."""
-
-
-def parse_termination_message(text: str | None) -> TerminationMessage:
-    if not text:
-        return {}
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return {"error": text.strip()[-1000:]}
-    return parsed if isinstance(parsed, dict) else {"error": text.strip()[-1000:]}  # type: ignore[return-value]
-
-
-def classify_head_failure(head: PodView) -> HeadFailure:
-    """Who is to blame for a failed head: the platform (free retry) or the application (charged)."""
-    reported = parse_termination_message(head.message).get("error")
-    code = head.exit_code
-    detail = reported or (f"exit code {code}" if code is not None else "no exit code")
-    if head.disruption:
-        return HeadFailure(head.disruption, f"the platform ended pod {head.name} ({head.disruption})", code, False)
-    if head.reason in PLATFORM_POD_REASONS:
-        return HeadFailure(head.reason or "Evicted", f"pod {head.name} was {head.reason}: {detail}", code, False)
-    if code == ExitCode.CONFIGURATION_ERROR:
-        return HeadFailure("ConfigurationError", detail, code, charged=True, permanent=True)
-    if code == ExitCode.INFRASTRUCTURE_ERROR:
-        return HeadFailure("InfrastructureError", detail, code, charged=False)
-    if head.reason == "OOMKilled":
-        return HeadFailure("OOMKilled", f"the head ran out of memory (exit code {code})", code, charged=True)
-    return HeadFailure("ApplicationError", detail, code, charged=True)
-
-
-def progress_summary(progress: ProgressStatus) -> str | None:
-    if progress.step is not None and progress.total_steps:
-        percent = min(100, int(100 * progress.step / progress.total_steps))
-        return f"{percent}% (step {progress.step}/{progress.total_steps})"
-    if progress.epoch is not None:
-        return f"epoch {progress.epoch}, step {progress.step or 0}"
-    return None
+__all__ = [
+    "CREATED",
+    "FAILED",
+    "RESTARTING",
+    "RUNNING",
+    "SPEC_ACCEPTED",
+    "STALLED",
+    "SUCCEEDED",
+    "SUSPENDED",
+    "Observed",
+    "TrainingJobView",
+    "plan_trainingjob",
+]
 
 
 def plan_trainingjob(
-    job: TrainingJobView, observed: Observed, now: datetime.datetime, default_image: str
+    job: TrainingJobView,
+    observed: Observed,
+    now: datetime.datetime,
+    default_image: str,
+    timing: Timing | None = None,
 ) -> Plan[TrainingJobStatus]:
-    return _Planner(job, observed, now, default_image).plan()
+    return _Planner(job, observed, now, default_image, timing or Timing()).plan()
 
 
-class _Planner(StatusPlanner[TrainingJobStatus]):
-    def __init__(self, job: TrainingJobView, observed: Observed, now: datetime.datetime, default_image: str) -> None:
-        super().__init__(job.status, job.generation, now)
-        self.job = job
-        self.pods = observed.pods
-        self.progress = observed.progress
-        self.default_image = default_image
-        self.actions: list[Create | Delete | DeleteOwner] = []
-        self.status_after: TrainingJobStatus | None = None
-
-    # --- small helpers ------------------------------------------------------------------
-    def delete_pods(self, pods: list[PodView]) -> None:
-        self.actions.extend(Delete("v1", "Pod", pod.name) for pod in pods if not pod.deleting)
-
-    def result(self) -> Plan[TrainingJobStatus]:
-        after = kstatus.judged(self.status_after, self.stamp, self.generation) if self.status_after else None
-        return Plan(kstatus.judged(self.status, self.stamp, self.generation), list(self.actions), self.events, after)
-
-    @property
-    def spec(self) -> TrainingJobSpec:
-        assert self.job.spec is not None
-        return self.job.spec
+class _Planner(OutcomePlanner):
+    """Starts, supervises and restarts attempts; how they end is OutcomePlanner's."""
 
     # --- the state machine --------------------------------------------------------------
     def plan(self) -> Plan[TrainingJobStatus]:
@@ -139,6 +84,9 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
         if self.status.phase in TERMINAL_PHASES:
             self.finished()
             return self.result()
+        if self.harvest():
+            return self.result()
+        self.hold_immutable_fields()
         if self.spec.run_policy.suspend:
             self.suspend()
             return self.result()
@@ -152,12 +100,12 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
         stale = [pod for pod in self.pods if pod.attempt != self.status.attempt]
         if stale:
             # Attempts never overlap: the next one starts once every pod of the last is gone.
-            self.delete_pods(stale)
-            self.update(phase="Restarting")
+            self.wait_for_previous_attempt(stale)
             return self.result()
 
         if not conditions.is_true(self.status.conditions, CREATED):
-            self.create_attempt()
+            if not self.backing_off():
+                self.create_attempt()
             return self.result()
         self.supervise_attempt()
         return self.result()
@@ -176,6 +124,37 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
             completion_time=None,
             conditions=[c for c in self.status.conditions if c.type not in (FAILED, RUNNING, CREATED)],
         )
+
+    def harvest(self) -> bool:
+        """A head that exited 0 ends the run as Succeeded, whatever else changed meanwhile
+        (a deadline passing, suspend, a lost worker): its model is published, never thrown away."""
+        head = next((p for p in self.pods if p.role == build.HEAD and p.phase == "Succeeded"), None)
+        if head is None:
+            return False
+        self.succeed(head)
+        return True
+
+    def hold_immutable_fields(self) -> None:
+        """An edit of an immutable field never reaches a running attempt.
+
+        The CRD's transition rules refuse such edits at admission; this holds back one that got
+        past them (a CRD from before the rule, or one installed without it): while the attempt's
+        head exists, the run goes on with the spec it was built from — runPolicy edits included,
+        since runPolicy may change — and `SpecAccepted=False` names each refused field with the
+        CRD's own message.
+        """
+        head = next((pod for pod in self.pods if pod.role == build.HEAD and pod.trainingjob_spec), None)
+        accepted = _parse_spec(head.trainingjob_spec) if head is not None else None
+        changes = immutable_changes(accepted, self.spec) if accepted is not None else []
+        held = conditions.find(self.status.conditions, SPEC_ACCEPTED)
+        if accepted is not None and changes:
+            message = f"{'; '.join(changes)}: the running attempt goes on with the spec it started with"
+            if self.condition(SPEC_ACCEPTED, "False", "ImmutableFieldChanged", message):
+                self.event("ImmutableFieldChanged", message, warning=True)
+            effective = accepted.model_copy(update={"run_policy": self.spec.run_policy})
+            self.job = dataclasses.replace(self.job, spec=effective)
+        elif held is not None and held.status == "False":
+            self.condition(SPEC_ACCEPTED, "True", "Accepted", "the immutable fields are those the run started with")
 
     def start_run(self) -> None:
         self.update(
@@ -207,38 +186,115 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
         policy = self.spec.run_policy
         started = parse_time(self.status.start_time)
         deadline = policy.active_deadline_seconds
-        if deadline and started and self.now >= started + datetime.timedelta(seconds=deadline):
-            self.fail("DeadlineExceeded", f"the run took longer than activeDeadlineSeconds ({deadline}s)")
-            return True
+        if deadline and started:
+            ends = started + datetime.timedelta(seconds=deadline)
+            if self.now >= ends:
+                self.fail("DeadlineExceeded", f"the run took longer than activeDeadlineSeconds ({deadline}s)")
+                return True
+            self.requeue(seconds_until(ends, self.now))
         attempt_started = parse_time(self.status.attempt_start_time)
         if attempt_started and self.status.attempt_running_time is None:
-            limit = datetime.timedelta(seconds=policy.startup_deadline_seconds)
-            if self.now >= attempt_started + limit and conditions.is_true(self.status.conditions, CREATED):
+            ends = attempt_started + datetime.timedelta(seconds=policy.startup_deadline_seconds)
+            # Refused children count as created: waiting for them is waiting for the deadline.
+            tried = conditions.is_true(self.status.conditions, CREATED) or bool(self.refused())
+            if self.now >= ends and tried:
+                refused = self.refused()
                 waiting = conditions.find(self.status.conditions, RUNNING)
-                why = f": {waiting.message}" if waiting and waiting.status == "False" and waiting.message else ""
+                if refused:
+                    why = f": {describe_refusals(refused)}"
+                else:
+                    why = f": {waiting.message}" if waiting and waiting.status == "False" and waiting.message else ""
                 self.fail(
                     "StartupDeadlineExceeded",
                     f"the pods of attempt {self.status.attempt} were not running within "
                     f"startupDeadlineSeconds ({policy.startup_deadline_seconds}s){why}",
                 )
                 return True
+            self.requeue(seconds_until(ends, self.now))
         return False
+
+    def wait_for_previous_attempt(self, stale: list[PodView]) -> None:
+        """Delete what is left of the last attempt; force-delete pods their lost node will never confirm."""
+        self.delete_pods(stale)
+        self.update(phase="Restarting")
+        previous = max(pod.attempt for pod in stale)
+        reason, message = "WaitingForPreviousAttempt", f"deleting the pods of attempt {previous}"
+        lingering = lingering_pods(stale, self.observed.nodes, self.now, self.timing)
+        for pod in lingering:
+            if pod.force:
+                self.actions.append(Delete("v1", "Pod", pod.pod.name, grace_period_seconds=0))
+                self.events_after.append(
+                    Event(
+                        "Warning",
+                        "ForceDeleted",
+                        f"{pod.describe()}, {int(pod.overdue)}s past its grace period: force-deleted it "
+                        f"so that attempt {self.status.attempt} can start",
+                    )
+                )
+            elif pod.node is not None and not pod.node.lost:
+                self.requeue(max(1.0, self.timing.force_delete_after_seconds))
+            else:
+                self.requeue(max(0.0, self.timing.force_delete_after_seconds - pod.overdue))
+        if lingering:
+            reason = "PodTerminating"
+            message += "; " + "; ".join(pod.describe() for pod in lingering)
+            message += (
+                f". A pod on a NotReady or unreachable node is force-deleted "
+                f"{int(self.timing.force_delete_after_seconds)}s after its grace period"
+            )
+        refused = self.refused([(("Pod", pod.name)) for pod in stale])
+        if refused:
+            reason, message = CHILD_REJECTED, f"cannot delete the pods of attempt {previous}: "
+            message += describe_refusals(refused)
+        self.condition(CREATED, "False", reason, message)
+
+    def backing_off(self) -> bool:
+        """Between a failed attempt and the next, wait as Kubernetes Jobs do (10 s, doubling)."""
+        last = self.status.failures[-1] if self.status.failures else None
+        if self.status.attempt_start_time is not None or last is None or last.attempt != self.status.attempt - 1:
+            return False
+        failed_attempts = self.status.charged_failures + self.status.platform_failures
+        delay = restart_backoff(failed_attempts, self.timing)
+        ended = parse_time(last.time)
+        if ended is None or self.now >= ended + datetime.timedelta(seconds=delay):
+            return False
+        remaining = seconds_until(ended + datetime.timedelta(seconds=delay), self.now)
+        self.condition(
+            CREATED,
+            "False",
+            "BackoffBeforeRestart",
+            f"attempt {self.status.attempt} starts in {int(remaining) + 1}s "
+            f"(backoff {int(delay)}s after {failed_attempts} failed attempt(s))",
+        )
+        self.update(phase="Restarting")
+        self.requeue(remaining)
+        return True
 
     def create_attempt(self) -> None:
         attempt = self.status.attempt
         restarting = conditions.is_true(self.status.conditions, RESTARTING)
         if self.status.attempt_start_time is None:
             self.update(attempt_start_time=self.stamp)
+            self.requeue(float(self.spec.run_policy.startup_deadline_seconds))
         self.update(phase="Restarting" if restarting else "Pending")
         existing = {pod.name for pod in self.pods}
         children = build.attempt_children(self.job.owner, self.spec, attempt, self.default_image)
         missing = [c for c in children if c["kind"] != "Pod" or c["metadata"]["name"] not in existing]
-        self.actions.extend(Create(child) for child in missing)
+        creates = [Create(child) for child in missing]
+        self.actions.extend(creates)
+        refused = self.refused([create.key for create in creates])
+        if refused:
+            detail = describe_refusals(refused)
+            self.condition(CREATED, "False", CHILD_REJECTED, f"the API server refused to create {detail}")
+            self.condition(RUNNING, "False", CHILD_REJECTED, detail)
+            return
         message = f"head and {self.spec.workers.replicas} worker pod(s) of attempt {attempt} created"
-        self.event("PodsCreated", message)
+        self.events_after.append(Event("Normal", "PodsCreated", message))
         # Created=True is recorded only once every pod exists.
         before_creation = self.status
         self.condition(CREATED, "True", "PodsCreated", message)
+        head = build.head_pod_name(self.job.owner.name)
+        self.condition(RUNNING, "False", "HeadStarting", f"waiting for the head pod {head} to run")
         self.update(phase="Restarting" if restarting else "Starting")
         self.status_after, self.status = self.status, before_creation
 
@@ -250,9 +306,6 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
             return
         if head.deleting and not head.terminal:
             self.retry(HeadFailure("HeadPodDeleted", f"pod {head.name} was deleted", None, charged=False))
-            return
-        if head.phase == "Succeeded":
-            self.succeed(head)
             return
         if head.phase == "Failed":
             self.retry(classify_head_failure(head))
@@ -268,9 +321,12 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
             worker = workers.get(index)
             if worker is None:
                 manifest = build.worker_pod(self.job.owner, self.spec, self.status.attempt, index, self.default_image)
-                self.actions.append(Create(manifest))
+                create = Create(manifest)
+                self.actions.append(create)
+                if self.refused([create.key]):
+                    continue  # a retry of a refused create: counted and announced the first time
                 self.update(worker_restarts=self.status.worker_restarts + 1)
-                self.event("WorkerRestarted", f"recreated worker pod {manifest['metadata']['name']}", warning=True)
+                self.events_after.append(Event("Warning", "WorkerRestarted", f"recreated worker pod {create.name}"))
             elif worker.terminal and not worker.deleting:
                 how = f"exit code {worker.exit_code}" if worker.exit_code is not None else worker.phase
                 reason = f", {worker.disruption or worker.reason}" if (worker.disruption or worker.reason) else ""
@@ -286,6 +342,9 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
         self.update(workers=WorkersStatus(desired=replicas, ready=ready))
         if head.running and running >= minimum:
             message = f"the head and {running}/{replicas} workers are running"
+            refused = self.refused()
+            if refused:
+                message += f"; the API server refuses {describe_refusals(refused)}"
             if self.condition(RUNNING, "True", "Running", message):
                 self.event("Running", f"attempt {self.status.attempt}: {message}")
             if self.status.attempt_running_time is None:
@@ -302,8 +361,10 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
             # An attempt that ran keeps its phase while a worker is replaced; the condition says why.
             self.update(phase="Running" if self.status.attempt_running_time else "Starting")
 
-    @staticmethod
-    def why_not_running(head: PodView, current: list[PodView], running: int, minimum: int) -> tuple[str, str]:
+    def why_not_running(self, head: PodView, current: list[PodView], running: int, minimum: int) -> tuple[str, str]:
+        refused = self.refused()
+        if refused:
+            return CHILD_REJECTED, describe_refusals(refused)
         for pod in current:
             if pod.unschedulable and not pod.running:
                 return "Unschedulable", f"pod {pod.name} cannot be scheduled: {pod.unschedulable}"
@@ -347,94 +408,12 @@ class _Planner(StatusPlanner[TrainingJobStatus]):
         else:
             self.condition(STALLED, "False", "Heartbeat", "the head reports progress")
 
-    def retry(self, failure: HeadFailure) -> None:
-        attempt = self.status.attempt
-        record = Failure(
-            attempt=attempt,
-            reason=failure.reason,
-            exit_code=failure.exit_code,
-            message=failure.message[:1000],
-            time=self.stamp,
-            charged=failure.charged,
-        )
-        charged = self.status.charged_failures + (1 if failure.charged else 0)
-        self.update(
-            failures=[*self.status.failures, record][-MAX_FAILURES_KEPT:],
-            charged_failures=charged,
-        )
-        limit = self.spec.run_policy.backoff_limit
-        if failure.permanent:
-            self.fail(failure.reason, f"attempt {attempt}: {failure.message} (not retried: fix the spec)")
-            return
-        if charged > limit:
-            self.fail(
-                "BackoffLimitExceeded",
-                f"{charged} application failure(s), more than backoffLimit ({limit}); "
-                f"last: {failure.reason}: {failure.message}",
-            )
-            return
-        following = attempt + 1
-        charge = f"charged {charged}/{limit}" if failure.charged else "not charged"
-        message = f"attempt {attempt} ended ({failure.reason}: {failure.message}); starting attempt {following}"
-        self.update(
-            attempt=following,
-            attempt_start_time=None,
-            attempt_running_time=None,
-            phase="Restarting",
-            workers=self.status.workers.model_copy(update={"ready": 0}),
-        )
-        self.condition(RESTARTING, "True", failure.reason, f"{message} ({charge})")
-        self.condition(CREATED, "False", "WaitingForPreviousAttempt", f"deleting the pods of attempt {attempt}")
-        self.condition(RUNNING, "False", "Restarting", message)
-        self.event("Restarting", f"{message} ({charge})", warning=True)
-        self.delete_pods(self.pods)
 
-    def succeed(self, head: PodView) -> None:
-        report = parse_termination_message(head.message).get("model") or {}
-        model = None
-        if report.get("uri") and report.get("sha256"):
-            model = ModelStatus(
-                uri=str(report["uri"]),
-                sha256=str(report["sha256"]),
-                metrics={str(k): float(v) for k, v in (report.get("metrics") or {}).items()},
-            )
-            message = f"attempt {self.status.attempt} finished; model published at {model.uri}"
-        else:
-            message = f"attempt {self.status.attempt} finished, but the head reported no model artifact"
-            self.event("NoModelReported", message, warning=True)
-        self.update(
-            phase="Succeeded",
-            completion_time=self.stamp,
-            model=model,
-            workers=self.status.workers.model_copy(update={"ready": 0}),
-        )
-        self.condition(SUCCEEDED, "True", "Succeeded", message)
-        self.condition(RUNNING, "False", "Completed", "the run is over")
-        if conditions.find(self.status.conditions, RESTARTING):
-            self.condition(RESTARTING, "False", "Completed", "the run is over")
-        self.event("Succeeded", message)
-        self.finished()
-
-    def fail(self, reason: str, message: str) -> None:
-        self.update(phase="Failed", completion_time=self.stamp)
-        self.condition(FAILED, "True", reason, message)
-        self.condition(RUNNING, "False", reason, message)
-        if conditions.find(self.status.conditions, RESTARTING):
-            self.condition(RESTARTING, "False", reason, "the run is over")
-        self.event("Failed", f"{reason}: {message}", warning=True)
-        self.finished()
-
-    def finished(self) -> None:
-        """Clean up after the end as cleanPodPolicy says, then honour ttlSecondsAfterFinished."""
-        failed = conditions.find(self.status.conditions, FAILED)
-        policy = self.spec.run_policy.clean_pod_policy if self.job.spec is not None else "All"
-        if failed is not None and failed.status == "True" and failed.reason in REMOVE_ALL_PODS_REASONS:
-            policy = "All"
-        if policy == "All":
-            self.delete_pods(self.pods)
-        elif policy == "Running":
-            self.delete_pods([pod for pod in self.pods if not pod.terminal])
-        ttl = self.job.spec.run_policy.ttl_seconds_after_finished if self.job.spec is not None else None
-        finished_at = parse_time(self.status.completion_time)
-        if ttl is not None and finished_at and self.now >= finished_at + datetime.timedelta(seconds=ttl):
-            self.actions.append(DeleteOwner())
+def _parse_spec(text: str | None) -> TrainingJobSpec | None:
+    """The spec a head pod carries; None when absent or unreadable (a pod of an older operator)."""
+    if not text:
+        return None
+    try:
+        return TrainingJobSpec.model_validate_json(text)
+    except ValueError:
+        return None

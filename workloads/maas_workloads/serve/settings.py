@@ -1,4 +1,5 @@
-"""Settings of the tensor-model server: its own flags plus the shared HTTP layer's (`http.settings`).
+"""Settings of the model server: its own flags, the LLM engine's (`llm.settings`) and the
+shared HTTP layer's (`http.settings`).
 
 Every flag defaults to the `MAAS_*` variable the operator sets; see the README's table.
 """
@@ -16,10 +17,12 @@ from maas_workloads.serve.http.settings import (
     HTTP_FLAGS,
     Flag,
     HttpSettings,
+    Options,
     SettingsError,
+    argument_parser,
     http_settings,
-    parse_options,
 )
+from maas_workloads.serve.llm import settings as llm_settings
 from maas_workloads.serve.sources import model_name_of
 
 __all__ = ["Settings", "SettingsError", "parse"]
@@ -37,6 +40,8 @@ class Settings:
     timeout_seconds: float
     device: str
     cache_dir: pathlib.Path
+    llm: llm_settings.LLMSettings
+    """The engine's settings when the artifact is a causal LM (OpenAI API)."""
     http: HttpSettings
 
 
@@ -75,13 +80,17 @@ _FLAGS: tuple[Flag, ...] = (
 def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from flags and the environment; raises SettingsError naming the flag and variable."""
     environ = os.environ if environ is None else environ
-    options = parse_options(
-        argv,
+    flags = (*_FLAGS, *HTTP_FLAGS)
+    parser = argument_parser(
         environ,
         prog="python -m maas_workloads.serve",
-        description="Serve a model artifact over the Open Inference Protocol (v2) and KServe v1.",
-        flags=(*_FLAGS, *HTTP_FLAGS),
+        description="Serve a model artifact: tensor models over the Open Inference Protocol (v2) and KServe v1, "
+        "causal language models over the OpenAI API.",
+        flags=flags,
     )
+    llm_settings.add_arguments(parser, environ)
+    values = vars(parser.parse_args(argv))
+    options = Options(values, flags)
     model_uri = options.text("model")
     if model_uri is None:
         raise SettingsError(f"no model: pass --model or set {contract.ENV_MODEL_URI}")
@@ -100,5 +109,13 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         timeout_seconds=options.number("timeout_seconds", float, contract.DEFAULT_TIMEOUT_SECONDS, 0.001),
         device=options.text("device") or "auto",
         cache_dir=pathlib.Path(cache_dir) if cache_dir else pathlib.Path(tempfile.gettempdir()) / "maas-models",
+        llm=_llm(values),
         http=http_settings(options, environ),
     )
+
+
+def _llm(values: Mapping[str, object]) -> llm_settings.LLMSettings:
+    try:
+        return llm_settings.from_values(values)
+    except llm_settings.LLMSettingsError as error:
+        raise SettingsError(str(error)) from None

@@ -82,13 +82,21 @@ class Options:
         return raw
 
 
+def argument_parser(
+    environ: Mapping[str, str], *, prog: str, description: str, flags: Sequence[Flag]
+) -> argparse.ArgumentParser:
+    """A parser of `flags`, each defaulting to its variable in `environ` (more groups may be added)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for flag in flags:
+        parser.add_argument(flag.name, default=environ.get(flag.variable), help=f"{flag.help} [env {flag.variable}]")
+    return parser
+
+
 def parse_options(
     argv: Sequence[str] | None, environ: Mapping[str, str], *, prog: str, description: str, flags: Sequence[Flag]
 ) -> Options:
     """Parse `argv` (None: sys.argv) with every flag defaulting to its variable in `environ`."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    for flag in flags:
-        parser.add_argument(flag.name, default=environ.get(flag.variable), help=f"{flag.help} [env {flag.variable}]")
+    parser = argument_parser(environ, prog=prog, description=description, flags=flags)
     return Options(vars(parser.parse_args(argv)), flags)
 
 
