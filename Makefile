@@ -55,6 +55,7 @@ deploy: install
 # Each prints a table and writes benchmarks/results/<name>.json (minutes each; not tests).
 bench: install
 	$(BIN)/python benchmarks/operator_scale.py
+	$(BIN)/python benchmarks/operator_failover.py
 	$(BIN)/python benchmarks/serve_throughput.py
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/llm_train.py

@@ -152,6 +152,14 @@ ENV_ACCESS_LOG: Final = "MAAS_ACCESS_LOG"
 ENV_DRAIN_DELAY_SECONDS: Final = "MAAS_DRAIN_DELAY_SECONDS"
 """After SIGTERM, keep answering new requests this long while readiness already says 503,
 so that Service endpoints drop the pod before it stops listening."""
+ENV_MAX_HEADER_BYTES: Final = "MAAS_MAX_HEADER_BYTES"
+"""Largest request line plus headers; 431 above it (checked before the parser buffers more)."""
+ENV_HEADER_TIMEOUT_SECONDS: Final = "MAAS_HEADER_TIMEOUT_SECONDS"
+"""Deadline for a request's headers, from its first byte (or the connection's accept): 408 or close."""
+ENV_BODY_TIMEOUT_SECONDS: Final = "MAAS_BODY_TIMEOUT_SECONDS"
+"""Deadline for a request's body, from the end of its headers: 408."""
+ENV_KEEP_ALIVE_TIMEOUT_SECONDS: Final = "MAAS_KEEP_ALIVE_TIMEOUT_SECONDS"
+ENV_MAX_CONNECTIONS: Final = "MAAS_MAX_CONNECTIONS"
 ENV_MODEL_CACHE_DIR: Final = "MAAS_MODEL_CACHE_DIR"
 """Where an s3:// or https:// model is downloaded; mount an emptyDir at MODEL_CACHE_MOUNT."""
 ENV_THREADS: Final = "OMP_NUM_THREADS"
@@ -171,6 +179,15 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_DRAIN_SECONDS: Final = 30.0
 """Upper bound on the whole drain; terminationGracePeriodSeconds should exceed it."""
 DEFAULT_DRAIN_DELAY_SECONDS: Final = 2.0
+DEFAULT_MAX_HEADER_BYTES: Final = 32 * 1024
+"""Between Node.js's 16 KiB and Envoy's 60 KiB: room for long bearer tokens (JWTs) and tracing headers."""
+DEFAULT_HEADER_TIMEOUT_SECONDS: Final = 10.0
+DEFAULT_BODY_TIMEOUT_SECONDS: Final = 60.0
+"""nginx's client_body_timeout; here it bounds the whole body, not the gap between reads."""
+DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS: Final = 75.0
+"""Longer than common load balancers' idle timeouts (AWS ALB 60 s), so that they close first:
+a server closing an idle connection races with a client sending on it."""
+DEFAULT_MAX_CONNECTIONS: Final = 1024
 
 # --- Causal language models (OpenAI API, vLLM's HTTP contract) ------------------------------
 # The built-in server speaks the OpenAI API when the artifact's manifest is `hf-causal-lm`;

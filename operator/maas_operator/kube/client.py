@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ RESOURCE_TYPES: dict[str, ResourceType] = {
     "NetworkPolicy": ResourceType("networking.k8s.io/v1", "networkpolicies"),
     "TrainingJob": ResourceType("maas.dev/v1alpha1", "trainingjobs"),
     "ModelService": ResourceType("maas.dev/v1alpha1", "modelservices"),
+    "Lease": ResourceType("coordination.k8s.io/v1", "leases"),
 }
 
 
@@ -61,6 +63,10 @@ class KubeError(Exception):
         self.message = message
 
 
+class NotLeaderError(Exception):
+    """A write refused before it was sent: this replica does not hold the leader Lease (any more)."""
+
+
 def resource_type(kind: str) -> ResourceType:
     try:
         return RESOURCE_TYPES[kind]
@@ -69,18 +75,22 @@ def resource_type(kind: str) -> ResourceType:
 
 
 class KubeClient:
-    def __init__(self, api: client.ApiClient) -> None:
+    """`may_write`: asked before every request that is not a GET; False raises NotLeaderError instead
+    of sending it (leader election: only the leader writes, and only until its lease deadline)."""
+
+    def __init__(self, api: client.ApiClient, may_write: Callable[[], bool] | None = None) -> None:
         self._api = api
+        self._may_write = may_write
 
     @classmethod
-    async def connect(cls) -> KubeClient:
+    async def connect(cls, may_write: Callable[[], bool] | None = None) -> KubeClient:
         """In a pod: the service account. Elsewhere: $KUBECONFIG or ~/.kube/config."""
         configuration = client.Configuration()
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
             await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
-        return cls(client.ApiClient(configuration))
+        return cls(client.ApiClient(configuration), may_write)
 
     async def close(self) -> None:
         await self._api.close()
@@ -93,6 +103,8 @@ class KubeClient:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
+        if method != "GET" and self._may_write is not None and not self._may_write():
+            raise NotLeaderError(f"{method} {path}: this replica is not the leader")
         try:
             result = await self._api.call_api(
                 path,
@@ -130,6 +142,13 @@ class KubeClient:
         path = resource_type(manifest["kind"]).path(metadata["namespace"], metadata["name"])
         query = [("fieldManager", field_manager), ("force", "true")]
         return await self._call("PATCH", path, manifest, "application/apply-patch+yaml", query)
+
+    async def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """PUT: the object becomes exactly `manifest`. With metadata.resourceVersion set, the API
+        server refuses it (KubeError 409 Conflict) when the object changed since that version."""
+        metadata = manifest["metadata"]
+        path = resource_type(manifest["kind"]).path(metadata["namespace"], metadata["name"])
+        return await self._call("PUT", path, manifest, query=[("fieldManager", FIELD_MANAGER)])
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist. `namespace` is ignored for cluster-scoped kinds."""

@@ -4,7 +4,9 @@ Routes: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (JSON, or server
 ending `data: [DONE]`), `/health` (200 only once loaded and warmed up), `/metrics`,
 `/version`; `/v2/health/live` and `/v2/health/ready` too, so the probes of any ModelService
 pod work whatever the artifact turns out to be. Like vLLM's `--api-key`, the bearer token
-guards `/v1/*`; health, metrics and version stay open for probes and Prometheus.
+guards `/v1/*`; health, metrics and version stay open for probes and Prometheus
+(`PUBLIC_PATHS`). It runs behind the shared HTTP layer (`serve.http`), which checks the
+token, bounds and reads the whole body, and writes the access log before a request gets here.
 
 A client that disconnects cancels its generation (the engine frees its KV blocks at its
 next step); after SIGTERM health answers 503 and new generations 503, while the server
@@ -23,14 +25,13 @@ from typing import Any, Final
 
 import orjson
 
-from maas_workloads.serve.auth import BearerAuth
+from maas_workloads.serve.http.front import read_body
 from maas_workloads.serve.llm import responses
 from maas_workloads.serve.llm.errors import OpenAIError
 from maas_workloads.serve.llm.generation import Generation, prepare
 from maas_workloads.serve.llm.metrics import LLMMetrics
 from maas_workloads.serve.llm.protocol import ChatCompletionRequest, CompletionRequest, parse
 from maas_workloads.serve.llm.state import LLMState
-from maas_workloads.serve.logs import AccessLog
 from maas_workloads.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from maas_workloads.serve.settings import Settings
 
@@ -42,6 +43,8 @@ Send = Callable[[Message], Awaitable[None]]
 _JSON: Final = b"application/json"
 _SSE_HEADERS: Final = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _DONE: Final = b"data: [DONE]\n\n"
+PUBLIC_PATHS: Final = frozenset({"/health", "/v2/health/live", "/v2/health/ready", "/metrics", "/version"})
+"""Served without the bearer token: the probes, Prometheus and the version, as vLLM does."""
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,6 @@ class OpenAIApp:
         self.settings = settings
         self.metrics = LLMMetrics(settings.model_name)
         self.state = LLMState(settings, self.metrics)
-        self._auth = BearerAuth(settings.auth_token) if settings.auth_token else None
-        self._access_log = AccessLog() if settings.access_log else None
         self._background: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,8 +74,6 @@ class OpenAIApp:
             if message["type"] == "lifespan.startup":
                 loop = asyncio.get_running_loop()
                 self._background.append(loop.create_task(self.state.load(), name="load-model"))
-                if self._access_log is not None:
-                    self._background.append(loop.create_task(self._access_log.run(), name="access-log"))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in self._background:
@@ -87,23 +86,11 @@ class OpenAIApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         path, method = scope["path"], scope["method"]
-        headers = dict(scope["headers"])
         status = 500
         try:
-            if (
-                path.startswith("/v1/")
-                and self._auth is not None
-                and not self._auth.allows(headers.get(b"authorization"))
-            ):
-                raise OpenAIError(
-                    401,
-                    "missing or wrong API key in the Authorization header (Bearer)",
-                    code="invalid_api_key",
-                    headers={"www-authenticate": 'Bearer realm="maas"'},
-                )
             if path in ("/v1/completions", "/v1/chat/completions"):
                 _allow(method, path, "POST")
-                status = await self._generate(path, headers, receive, send, started)
+                status = await self._generate(path, receive, send, started)
             else:
                 _allow(method, path, "GET")
                 status = await self._get(path, send)
@@ -120,17 +107,6 @@ class OpenAIApp:
             await _respond(send, 500, OpenAIError(500, "internal server error; see the server log").body())
         if path.startswith("/v1/"):
             self.metrics.request(status)
-        if self._access_log is not None:
-            client = scope.get("client")
-            self._access_log.record(
-                {
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "client": client[0] if client else None,
-                }
-            )
 
     async def _get(self, path: str, send: Send) -> int:
         state = self.state
@@ -150,10 +126,8 @@ class OpenAIApp:
             return await _respond(send, 200, orjson.dumps(responses.models(self.settings, state.max_model_len)))
         raise OpenAIError(404, f"no route for {path}", code="not_found")
 
-    async def _generate(
-        self, path: str, headers: dict[bytes, bytes], receive: Receive, send: Send, arrived: float
-    ) -> int:
-        body = await _read_body(receive, headers, self.settings.max_request_bytes)
+    async def _generate(self, path: str, receive: Receive, send: Send, arrived: float) -> int:
+        body = await read_body(receive)
         request: ChatCompletionRequest | CompletionRequest
         if path == "/v1/chat/completions":
             request = parse(ChatCompletionRequest, body)
@@ -247,25 +221,6 @@ async def _respond(
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     return status
-
-
-async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    declared = headers.get(b"content-length", b"")
-    if declared.isdigit() and int(declared) > limit:
-        raise OpenAIError(413, f"the body has {int(declared)} bytes; this server takes at most {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _DisconnectedError()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise OpenAIError(413, f"the body has more than {limit} bytes, this server's limit")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _allow(method: str, path: str, allowed: str) -> None:

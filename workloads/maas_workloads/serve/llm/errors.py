@@ -13,7 +13,10 @@ _TYPES: Final = {
     401: "authentication_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
@@ -51,3 +54,8 @@ class OpenAIError(Exception):
 
     def body(self) -> bytes:
         return orjson.dumps(self.document())
+
+
+def http_error_body(status: int, message: str) -> bytes:
+    """The shared HTTP layer's own errors (401, 408, 413, 431, ...) in OpenAI's shape."""
+    return OpenAIError(status, message, code="invalid_api_key" if status == 401 else None).body()
