@@ -208,6 +208,20 @@ def test_success_copies_the_model_and_cleans_up() -> None:
     assert "Succeeded" in [e.reason for e in result.events]
 
 
+def test_a_lora_fine_tune_reports_the_merged_model_and_its_adapter() -> None:
+    adapter = {"uri": "s3://models/adder/v1/adapter", "sha256": "d" * 64}
+    model = {"uri": "s3://models/adder/v1", "sha256": "c" * 64, "metrics": {"val_perplexity": 1.4}, "adapter": adapter}
+    head = pod(HEAD, "Succeeded", exit_code=0, message=json.dumps({"model": model}))
+    status = plan(running_status(), [head, pod(W0, "Succeeded")]).status
+    assert status.model is not None and status.model.uri == model["uri"]
+    assert status.model.adapter is not None and status.model.adapter.model_dump() == adapter
+    # An adapter report without its checksum names nothing a ModelService could verify: left out.
+    partial = {**model, "adapter": {"uri": adapter["uri"]}}
+    head = pod(HEAD, "Succeeded", exit_code=0, message=json.dumps({"model": partial}))
+    status = plan(running_status(), [head, pod(W0, "Succeeded")]).status
+    assert status.model is not None and status.model.adapter is None
+
+
 def test_clean_pod_policies_and_ttl() -> None:
     head = pod(HEAD, "Succeeded", exit_code=0, message="{}")
     for policy, expected in (("All", [HEAD, W0]), ("None", []), ("Running", [W0])):

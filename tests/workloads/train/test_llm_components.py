@@ -141,6 +141,26 @@ def test_packing_and_padding(tokenizer: Any) -> None:
     assert (padded.labels[row, short:] == encoding.IGNORE_INDEX).all() and (padded.input_ids[row, short:] == 0).all()
 
 
+def test_streamed_plain_text_is_encoded_as_when_loaded(tokenizer: Any, tmp_path: pathlib.Path) -> None:
+    """Ray Data's read_text drops line breaks and keeps blank lines; the streamed blocks are still
+    the ones the head would have made from the file."""
+    book = tmp_path / "book.txt"
+    book.write_text("12 + 3 = 15\n\n4 + 4 = 8\n   \n99 + 9 = 108\n7 + 1 = 8\n")
+    loaded = encoding.blocks(
+        encoding.Encoder(tokenizer, "plain", "all"),
+        records.read(records.open_source(book.as_uri(), FIELD, None)),
+        4,
+        True,
+        0,
+    )
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    files = {path.name: path.read_bytes() for path in (tmp_path / "tokenizer").iterdir()}
+    lines = np.array(book.read_text().splitlines(), dtype=object)  # what read_text's batches hold
+    streamed = encoding.BatchEncoder(files, "plain", "all", 4, True)({"text": lines})
+    assert len(loaded) > 2 and (streamed["input_ids"] == loaded.input_ids).all()
+    assert (streamed["labels"] == loaded.labels).all()
+
+
 def test_a_chat_template_that_rewrites_earlier_turns_is_refused(tokenizer: Any) -> None:
     tokenizer = copy.deepcopy(tokenizer)
     # Renders the last message differently from the others: prefixes no longer line up.

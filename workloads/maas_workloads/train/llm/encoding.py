@@ -172,9 +172,14 @@ class BatchEncoder:
 
         encoder = self._load()
         column = "messages" if self.format == "chat" else "text"
+        values: Iterable[Any] = batch[column]
+        if self.format == "plain":
+            # Ray Data's read_text hands over lines without their breaks (str.splitlines), blank ones
+            # included: give them back their break and skip the blank ones, as records.read does.
+            values = (f"{line}\n" for line in values if str(line).strip())
         records = (
             (f"streamed record {index}", check({column: _plain(value)}, self.format, "a streamed record", column))
-            for index, value in enumerate(batch[column])
+            for index, value in enumerate(values)
         )
         result = blocks(encoder, records, self.length, self.packing, pad_token_id(encoder.tokenizer))
         return {"input_ids": result.input_ids, "labels": result.labels, "lengths": result.lengths}
