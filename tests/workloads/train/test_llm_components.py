@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import pathlib
 from typing import Any
@@ -209,6 +210,29 @@ def test_total_steps_follow_epochs_resizes_and_max_steps() -> None:
     assert capped.total_steps(Position()) == 7
 
 
+@pytest.mark.parametrize(
+    ("schedule", "at_end"),
+    [("constant", 0.1), ("linear", 0.0), ("cosine", 0.0)],
+)
+def test_the_learning_rate_warms_up_then_follows_its_schedule(schedule: str, at_end: float) -> None:
+    from maas_workloads.train.llm.loop import build_scheduler
+
+    hp = Hyperparameters(learning_rate=0.1, warmup_steps=4, lr_schedule=schedule)  # type: ignore[arg-type]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=hp.learning_rate)
+    scheduler = build_scheduler(hp, optimizer, total_steps=12)
+    rates = []
+    for _ in range(12):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:5] == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
+    assert scheduler.get_last_lr()[0] == pytest.approx(at_end, abs=1e-9)
+    if schedule == "constant":
+        assert rates[4:] == pytest.approx([0.1] * 8)
+    else:  # decays from the peak, step by step, to zero at the last step
+        assert all(later < earlier for earlier, later in itertools.pairwise(rates[4:]))
+
+
 # --- Sharded checkpoints ----------------------------------------------------------------------
 
 
@@ -281,3 +305,40 @@ def test_a_base_model_on_s3_is_checked_from_its_metadata_and_fetched_verified(
 
     fetched = base.fetch(BaseModelSpec(uri=uri, sha256=digest), tmp_path / "cache")
     assert fetched.manifest_sha256 == digest and (fetched.directory / "model.safetensors").is_file()
+
+
+def test_a_base_model_over_https_is_checked_from_its_metadata_and_fetched_verified(
+    tokenizer: Any, tmp_path: pathlib.Path
+) -> None:
+    """The same reader for an https:// base, served here over plain HTTP by a real server (the spec's
+    pattern admits https:// only, so the spec is built without its validation)."""
+    import functools
+    import http.server
+    import threading
+
+    from transformers import AutoModelForCausalLM
+
+    from maas_operator.api.causallm import ArchitectureSpec, BaseModelSpec
+    from maas_workloads.causal_lm import save_causal_lm
+    from maas_workloads.train.llm import base
+    from maas_workloads.train.llm.modeling import scratch_config
+
+    model = AutoModelForCausalLM.from_config(scratch_config(ArchitectureSpec(), tokenizer))
+    _, digest = save_causal_lm(model, tokenizer, tmp_path / "site" / "base")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        root = f"http://127.0.0.1:{server.server_address[1]}"
+        metadata = base.fetch_metadata(BaseModelSpec.model_construct(uri=f"{root}/base", sha256=digest), tmp_path / "m")
+        assert metadata.manifest_sha256 == digest and (metadata.directory / "tokenizer.json").is_file()
+        assert not (metadata.directory / "model.safetensors").exists()
+        with pytest.raises(ConfigurationError, match=r"baseModel\.sha256: .* not the pinned"):
+            base.fetch_metadata(BaseModelSpec.model_construct(uri=f"{root}/base", sha256="0" * 64), tmp_path / "p")
+        with pytest.raises(ConfigurationError, match=r"has no manifest\.json: an s3:// or https:// base model"):
+            base.fetch_metadata(BaseModelSpec.model_construct(uri=f"{root}/nothing", sha256=None), tmp_path / "n")
+        fetched = base.fetch(BaseModelSpec.model_construct(uri=f"{root}/base", sha256=digest), tmp_path / "cache")
+        assert fetched.manifest_sha256 == digest and (fetched.directory / "model.safetensors").is_file()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from maas_workloads import contract
+from maas_workloads.causal_lm import save_causal_lm
 from maas_workloads.train.llm import synthetic
 from maas_workloads.train.llm.tokenizer import train_tokenizer
 from tests.workloads.train.cluster import LocalJob, spec
@@ -43,7 +44,20 @@ def base_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.P
     shutil.copytree(complete, without_tokenizer)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (without_tokenizer / name).unlink(missing_ok=True)
-    return {"complete": complete, "without-tokenizer": without_tokenizer}
+    without_template = root / "without-chat-template"
+    shutil.copytree(complete, without_template)
+    (without_template / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer_config = json.loads((without_template / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("chat_template", None)
+    (without_template / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    published = root / "published"
+    save_causal_lm(LlamaForCausalLM.from_pretrained(complete), tokenizer, published)
+    return {
+        "complete": complete,
+        "without-tokenizer": without_tokenizer,
+        "without-chat-template": without_template,
+        "published": published,
+    }
 
 
 def _cases(base_models: dict[str, pathlib.Path], data: pathlib.Path) -> dict[str, tuple[dict[str, Any], str]]:
@@ -67,6 +81,28 @@ def _cases(base_models: dict[str, pathlib.Path], data: pathlib.Path) -> dict[str
         "sequence length above the context": (
             {"causalLM": {**lora, "sequenceLength": 128}, "dataset": chat},
             "spec.trainer.causalLM.sequenceLength: 128 is longer than the base model's context length 64",
+        ),
+        "chat data for a tokenizer without a chat template": (
+            {
+                "causalLM": {**lora, "baseModel": {"uri": base_models["without-chat-template"].as_uri()}},
+                "dataset": chat,
+            },
+            "spec.trainer.causalLM.baseModel.uri: the tokenizer of "
+            + base_models["without-chat-template"].as_uri()
+            + " has no chat template",
+        ),
+        "a pin the base model does not match": (
+            {
+                "causalLM": {**lora, "baseModel": {"uri": base_models["published"].as_uri(), "sha256": "0" * 64}},
+                "dataset": chat,
+            },
+            "spec.trainer.causalLM.baseModel.sha256: "
+            + base_models["published"].as_uri()
+            + "/manifest.json has sha256",
+        ),
+        "data smaller than one global batch": (
+            {"causalLM": lora, "dataset": chat, "hyperparameters": {"batchSize": 512}},
+            "spec.trainer.dataset.uri: the data makes",
         ),
         "a pin without a manifest": (
             {"causalLM": {**lora, "baseModel": {**base, "sha256": "0" * 64}}, "dataset": chat},

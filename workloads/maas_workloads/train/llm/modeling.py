@@ -113,7 +113,7 @@ def load(
             model, use_gradient_checkpointing=spec.gradient_checkpointing
         )
     elif spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if spec.method != "qlora" and spec.parallelism != "fsdp":
         # FSDP moves each shard group to the device as it shards it: the whole model never is there at once.
         model = model.to(device)
