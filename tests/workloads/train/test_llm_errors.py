@@ -1,7 +1,8 @@
 """Causal-LM specs that can never work fail on the head in seconds: exit 64, a message naming the field.
 
-Each case runs the real launcher's head (no workers: it fails before starting Ray); they run at
-once, so the whole file costs about one head's start-up.
+Each case the issue names runs the real launcher's head (no workers: it fails before starting Ray);
+they run at once, so they cost about one head's start-up. More cases of the same kind (errors of the
+head's checks) run those checks in this process.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from maas_workloads.causal_lm import save_causal_lm
 from maas_workloads.train.llm import synthetic
 from maas_workloads.train.llm.tokenizer import train_tokenizer
 from tests.workloads.train.cluster import LocalJob, spec
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -60,28 +59,11 @@ def base_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.P
     }
 
 
-def _cases(base_models: dict[str, pathlib.Path], data: pathlib.Path) -> dict[str, tuple[dict[str, Any], str]]:
+def _more_cases(base_models: dict[str, pathlib.Path], data: pathlib.Path) -> dict[str, tuple[dict[str, Any], str]]:
+    """More of the same kind (ConfigurationError from the head's checks), checked without a head process."""
     chat = {"uri": data.as_uri(), "format": "chat"}
-    base = {"uri": base_models["complete"].as_uri()}
-    lora = {"baseModel": base, "method": "lora", "sequenceLength": 32}
+    lora = {"baseModel": {"uri": base_models["complete"].as_uri()}, "method": "lora", "sequenceLength": 32}
     return {
-        "unknown target module": (
-            {"causalLM": {**lora, "lora": {"targetModules": ["qkv_proj"]}}, "dataset": chat},
-            "spec.trainer.causalLM.lora.targetModules: Target modules {'qkv_proj'} not found in the base model",
-        ),
-        "base model without a tokenizer": (
-            {"causalLM": {**lora, "baseModel": {"uri": base_models["without-tokenizer"].as_uri()}}, "dataset": chat},
-            "spec.trainer.causalLM.baseModel.uri: " + base_models["without-tokenizer"].as_uri() + " has no tokenizer",
-        ),
-        "chat data without messages": (
-            {"causalLM": lora, "dataset": {"uri": (data.parent / "text.jsonl").as_uri(), "format": "chat"}},
-            "spec.trainer.dataset.uri: " + (data.parent / "text.jsonl").as_uri() + " line 1: chat data needs a "
-            "non-empty `messages` list of {role, content} objects; this record has keys text",
-        ),
-        "sequence length above the context": (
-            {"causalLM": {**lora, "sequenceLength": 128}, "dataset": chat},
-            "spec.trainer.causalLM.sequenceLength: 128 is longer than the base model's context length 64",
-        ),
         "chat data for a tokenizer without a chat template": (
             {
                 "causalLM": {**lora, "baseModel": {"uri": base_models["without-chat-template"].as_uri()}},
@@ -104,6 +86,32 @@ def _cases(base_models: dict[str, pathlib.Path], data: pathlib.Path) -> dict[str
             {"causalLM": lora, "dataset": chat, "hyperparameters": {"batchSize": 512}},
             "spec.trainer.dataset.uri: the data makes",
         ),
+    }
+
+
+def _cases(base_models: dict[str, pathlib.Path], data: pathlib.Path) -> dict[str, tuple[dict[str, Any], str]]:
+    """The cases the issue names, and the others found only with the model's files: (trainer, message)."""
+    chat = {"uri": data.as_uri(), "format": "chat"}
+    base = {"uri": base_models["complete"].as_uri()}
+    lora = {"baseModel": base, "method": "lora", "sequenceLength": 32}
+    return {
+        "unknown target module": (
+            {"causalLM": {**lora, "lora": {"targetModules": ["qkv_proj"]}}, "dataset": chat},
+            "spec.trainer.causalLM.lora.targetModules: Target modules {'qkv_proj'} not found in the base model",
+        ),
+        "base model without a tokenizer": (
+            {"causalLM": {**lora, "baseModel": {"uri": base_models["without-tokenizer"].as_uri()}}, "dataset": chat},
+            "spec.trainer.causalLM.baseModel.uri: " + base_models["without-tokenizer"].as_uri() + " has no tokenizer",
+        ),
+        "chat data without messages": (
+            {"causalLM": lora, "dataset": {"uri": (data.parent / "text.jsonl").as_uri(), "format": "chat"}},
+            "spec.trainer.dataset.uri: " + (data.parent / "text.jsonl").as_uri() + " line 1: chat data needs a "
+            "non-empty `messages` list of {role, content} objects; this record has keys text",
+        ),
+        "sequence length above the context": (
+            {"causalLM": {**lora, "sequenceLength": 128}, "dataset": chat},
+            "spec.trainer.causalLM.sequenceLength: 128 is longer than the base model's context length 64",
+        ),
         "a pin without a manifest": (
             {"causalLM": {**lora, "baseModel": {**base, "sha256": "0" * 64}}, "dataset": chat},
             "spec.trainer.causalLM.baseModel.sha256: " + base["uri"] + " has no manifest.json to check the pin against",
@@ -115,10 +123,9 @@ def _cases(base_models: dict[str, pathlib.Path], data: pathlib.Path) -> dict[str
     }
 
 
+@pytest.mark.slow
 def test_bad_specs_exit_64_naming_the_field(base_models: dict[str, pathlib.Path], tmp_path: pathlib.Path) -> None:
-    data = tmp_path / "chat.jsonl"
-    options = synthetic.ArithmeticOptions(samples=50)
-    data.write_text("".join(json.dumps(record) + "\n" for record in synthetic.conversations(options)))
+    data = chat_data(tmp_path)
     (tmp_path / "text.jsonl").write_text(json.dumps({"text": "1 + 2 = 3"}) + "\n")
     jobs = {}
     for name, (trainer, _) in _cases(base_models, data).items():
@@ -133,3 +140,35 @@ def test_bad_specs_exit_64_naming_the_field(base_models: dict[str, pathlib.Path]
     finally:
         for job in jobs.values():
             job.stop()
+
+
+def chat_data(directory: pathlib.Path) -> pathlib.Path:
+    data = directory / "chat.jsonl"
+    options = synthetic.ArithmeticOptions(samples=50)
+    data.write_text("".join(json.dumps(record) + "\n" for record in synthetic.conversations(options)))
+    return data
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "chat data for a tokenizer without a chat template",
+        "a pin the base model does not match",
+        "data smaller than one global batch",
+    ],
+)
+def test_more_bad_specs_are_configuration_errors_naming_the_field(
+    base_models: dict[str, pathlib.Path], tmp_path: pathlib.Path, case: str
+) -> None:
+    """What the head runs before it exits 64 (prepare), in this process."""
+    from maas_operator.api.trainingjob import TrainingJobSpec
+    from maas_workloads.train.config import JobContext
+    from maas_workloads.train.errors import ConfigurationError
+    from maas_workloads.train.llm.prepare import prepare
+
+    trainer, message = _more_cases(base_models, chat_data(tmp_path))[case]
+    job = TrainingJobSpec.model_validate(spec(trainer=trainer))
+    context = JobContext(job, "test", "default", "uid", 1, "127.0.0.1", 0, 2, 2, None, "file:///unused", 0)
+    with pytest.raises(ConfigurationError) as refused:
+        prepare(context, tmp_path / "scratch")
+    assert message in str(refused.value)
