@@ -4,7 +4,9 @@
 
 Same data preparation, model, sharding, optimizer, schedule and step function as a TrainingJob's
 workers (maas_workloads.train.llm), without Ray, the launcher, checkpoints or progress reports.
-Rank 0 writes the start time of every step, its tokens and global loss, and every rank's peak memory.
+Rank 0 writes the start time of every step, its tokens and global loss, and every rank's peak memory
+and its resident memory before the model was loaded (the interpreter and libraries: what sharding
+cannot shrink).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from maas_workloads.train.llm.prepare import prepare  # noqa: E402
 from maas_workloads.train.llm.state import Position  # noqa: E402
 
 
+def _resident_peak() -> float:
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
+
+
 def main() -> None:
     result_path, spec_path, steps = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
     dist.init_process_group("gloo")
@@ -52,6 +58,7 @@ def main() -> None:
     from transformers import AutoConfig
 
     device = torch.device("cpu")
+    baseline = _resident_peak()
     if lm.base_model is not None:
         source: Any = pathlib.Path(lm.base_model.uri.removeprefix("file://"))
     else:
@@ -83,16 +90,17 @@ def main() -> None:
     times.append(time.time())
     global_losses = torch.tensor(losses, dtype=torch.float64)
     dist.all_reduce(global_losses)
-    peak = torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, dtype=torch.float64)
-    peaks = [torch.zeros_like(peak) for _ in range(world)]
-    dist.all_gather(peaks, peak)
+    memory = torch.tensor([_resident_peak(), baseline], dtype=torch.float64)
+    gathered = [torch.zeros_like(memory) for _ in range(world)]
+    dist.all_gather(gathered, memory)
     if rank == 0:
         result = {
             "started": STARTED,
             "stepStarts": times,
             "tokens": tokens,
             "losses": global_losses.tolist(),
-            "peakMemoryBytes": [float(p) for p in peaks],
+            "peakMemoryBytes": [float(m[0]) for m in gathered],
+            "baselineMemoryBytes": [float(m[1]) for m in gathered],
         }
         result_path.write_text(json.dumps(result))
     dist.destroy_process_group()
