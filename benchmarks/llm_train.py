@@ -59,6 +59,7 @@ MEMORY_MODEL: dict[str, Any] = {
 
 
 def uptime() -> str:
+    """The machine's load averages, as `uptime` prints them."""
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
@@ -93,6 +94,7 @@ def make_base(directory: pathlib.Path, shape: dict[str, Any]) -> int:
 
 
 def job_spec(base: pathlib.Path, parallelism: str, steps: int, batch_size: int, length: int) -> dict[str, Any]:
+    """The TrainingJob spec both sides run: full fine-tuning of `base` on the synthetic chat data."""
     trainer = {
         "causalLM": {"baseModel": {"uri": base.as_uri()}, "parallelism": parallelism, "sequenceLength": length},
         "dataset": {"uri": DATA},
@@ -173,6 +175,7 @@ def run_torchrun(workdir: pathlib.Path, job: dict[str, Any], steps: int) -> dict
 
 
 def main() -> None:
+    """Run both measurements, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=4)

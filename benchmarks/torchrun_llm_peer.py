@@ -42,6 +42,7 @@ def _resident_peak() -> float:
 
 
 def main() -> None:
+    """One torchrun rank: argv is <result.json> <trainingjob-spec.json> <steps>."""
     result_path, spec_path, steps = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

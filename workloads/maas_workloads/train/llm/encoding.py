@@ -41,6 +41,7 @@ class TokenBlocks:
         return int(self.input_ids.shape[0])
 
     def take(self, index: npt.NDArray[np.int64]) -> TokenBlocks:
+        """The blocks at `index` (row numbers), in that order."""
         return TokenBlocks(self.input_ids[index], self.labels[index], self.lengths[index])
 
 
@@ -54,6 +55,8 @@ class Encoder:
         self.eos = tokenizer.eos_token_id
 
     def encode(self, record: dict[str, Any], where: str = "a record") -> Example:
+        """(input_ids, labels) of a checked record; ConfigurationError naming `where` when the chat
+        template does not let the assistant's tokens be told apart."""
         if self.format == "chat":
             return self._chat(record["messages"], where)
         ids: list[int] = self.tokenizer(record["text"], add_special_tokens=self.format == "text")["input_ids"]

@@ -207,6 +207,7 @@ class _Run:
         self.last_eval: dict[str, float] = {}
 
     def evaluate(self) -> None:
+        """Validation loss and perplexity into the metrics (every rank; nothing without validation data)."""
         if self.validation is not None:
             self.last_eval = evaluate(self.model, self.validation, self.hp.batch_size, self.device, self.autocast)
             self.metrics = {**self.metrics, **self.last_eval}
@@ -228,6 +229,7 @@ class _Run:
             sdk.report(self.metrics, epoch=self.position.epoch, step=self.position.step, total_steps=self.total_steps)
 
     def step(self, micro_batches: list[Batch]) -> tuple[float, int]:
+        """One optimizer step (train_step) and the position after it: (loss share, tokens)."""
         result = train_step(
             self.model,
             self.optimizer,
@@ -243,6 +245,7 @@ class _Run:
         return result
 
     def train(self) -> None:
+        """Train to the last step: progress reports, evaluations and checkpoints as the spec asks."""
         every_epochs, every_steps = self.config["every_epochs"] or 1, self.config["every_steps"]
         eval_every = self.hp.eval_every_steps
         report_every = max(1, self.total_steps // REPORTS_PER_RUN)

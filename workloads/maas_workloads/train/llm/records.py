@@ -45,6 +45,7 @@ class DataSource:
 
     @property
     def synthetic(self) -> bool:
+        """Generated data (synthetic:...), not files."""
         return self.uri.startswith(synthetic.SCHEME)
 
     def paths(self) -> list[str]:
