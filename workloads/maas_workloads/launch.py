@@ -35,6 +35,11 @@ RAY_READY_SECONDS = 120.0
 HEAD_GONE_SECONDS = 15.0
 """A worker leaves once the head's GCS port has refused connections this long."""
 POLL_SECONDS = 1.0
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+"""Ray starts its worker processes at niceness 15 by default, so that on big shared nodes they yield the
+CPU to the GCS and raylet. A worker pod has no GCS and its training worker is the pod's whole job, so
+its Ray node starts workers at niceness 0 (unless the pod's env says otherwise); where processes share
+one machine (`maas run`), training then gets an equal share instead of yielding to everything else."""
 STOP_GRACE_SECONDS = 15.0
 
 
@@ -356,7 +361,8 @@ def run_worker(context: JobContext) -> int:
         *_ray_start_args(),
     ]
     try:
-        with ray_node(arguments) as node:
+        niceness = {WORKER_NICENESS_ENV: os.environ.get(WORKER_NICENESS_ENV, "0")}
+        with ray_node(arguments, niceness) as node:
             unreachable_since: float | None = None
             while True:
                 time.sleep(POLL_SECONDS)

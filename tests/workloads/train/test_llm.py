@@ -76,6 +76,8 @@ class ScratchRun:
     left_at_step: int
     """The newest checkpoint when attempt 1 was over, and its files."""
     left_files: list[str]
+    worker_niceness: list[int]
+    """Of the Ray Train workers of attempt 1."""
 
     @property
     def output(self) -> pathlib.Path:
@@ -108,8 +110,9 @@ def scratch_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScratchRun
         progress = wait_for(
             lambda: (p := first.progress()) and p.get("lastCheckpoint") and p, 300, "a checkpoint", first
         )
-        victim = wait_for(first.train_worker_processes, 30, "the Ray Train workers", first)[0]
-        victim.send_signal(signal.SIGKILL)
+        workers = wait_for(first.train_worker_processes, 30, "the Ray Train workers", first)
+        niceness = [worker.nice() for worker in workers]
+        workers[0].send_signal(signal.SIGKILL)
         killed_at = progress["step"]
         # A checkpoint newer than the one seen before the kill comes from the restored worker group.
         later = wait_for(
@@ -129,7 +132,7 @@ def scratch_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScratchRun
         second.start()
         assert second.wait(timeout=600) == contract.ExitCode.SUCCESS, second.log("head")[-4000:]
         checkpointed = int(re.search(r"checkpoint-(\d+)", later["lastCheckpoint"]).group(1))  # type: ignore[union-attr]
-        yield ScratchRun(root, first, second, first_loss, killed_at, checkpointed, later, newest.step, shards)
+        yield ScratchRun(root, first, second, first_loss, killed_at, checkpointed, later, newest.step, shards, niceness)
     finally:
         first.stop()
         second.stop()
@@ -143,6 +146,11 @@ def test_fsdp_from_scratch_learns_and_reports_perplexity(scratch_run: ScratchRun
     progress = scratch_run.progress["metrics"]
     assert progress["tokens_per_second"] > 0 and "val_perplexity" in progress and "learning_rate" in progress
     assert scratch_run.progress["totalSteps"] == 60
+
+
+def test_training_workers_do_not_yield_the_cpu(scratch_run: ScratchRun) -> None:
+    """Ray's default worker niceness (15) is overridden on worker pods (launch.WORKER_NICENESS_ENV)."""
+    assert scratch_run.worker_niceness == [0, 0]
 
 
 def test_a_killed_worker_resumes_from_the_sharded_checkpoint(scratch_run: ScratchRun) -> None:
