@@ -179,20 +179,26 @@ def test_pod_monitors_select_the_pods_the_operator_creates() -> None:
         {"trainer": {"model": "mlp", "dataset": {"uri": "sklearn:digits"}}, "output": {"uri": "s3://models/digits"}}
     )
     service = Owner("ModelService", "digits", "team-a", "uid-2")
-    service_spec = ModelServiceSpec.model_validate({"model": {"uri": "s3://models/digits"}})
     served = ServedModel(uri="s3://models/digits", sha256="1" * 64)
-    pods = {
-        "training": build_job.head_pod(job, job_spec, 1, "image"),
-        "serving": build_service.deployment(service, service_spec, served, "stable", "image", 1)["spec"]["template"],
-    }
+
+    def serving(**server: Any) -> dict[str, Any]:
+        spec = ModelServiceSpec.model_validate({"model": {"uri": "s3://models/digits"}, "server": server})
+        return build_service.deployment(service, spec, served, "stable", "image", 1)["spec"]["template"]  # type: ignore[no-any-return]
+
+    pods = [
+        ("training", build_job.head_pod(job, job_spec, 1, "image"), "http"),
+        ("serving", serving(), "http"),
+        ("serving", serving(tls={"secretRef": {"name": "digits-tls"}}), "https"),  # Prometheus follows the port
+    ]
     worker = build_job.worker_pod(job, job_spec, 1, 0, "image")
-    for workload, pod in pods.items():
+    for workload, pod, scheme in pods:
         spec = monitors[workload]["spec"]
         labels = pod["metadata"]["labels"]
         assert spec["selector"]["matchLabels"].items() <= labels.items(), workload
         ports = {port["name"] for container in pod["spec"]["containers"] for port in container.get("ports", [])}
-        endpoint = spec["podMetricsEndpoints"][0]
-        assert endpoint["port"] in ports, workload
+        (endpoint,) = [endpoint for endpoint in spec["podMetricsEndpoints"] if endpoint["port"] in ports]
+        assert endpoint.get("scheme", "http") == scheme, workload
+        assert ("tlsConfig" in endpoint) == (scheme == "https")
         owner_label = endpoint["relabelings"][0]["sourceLabels"][0].removeprefix("__meta_kubernetes_pod_label_")
         assert owner_label in {re.sub(r"[^a-zA-Z0-9_]", "_", key) for key in labels}, workload
     assert not monitors["training"]["spec"]["selector"]["matchLabels"].items() <= worker["metadata"]["labels"].items()
