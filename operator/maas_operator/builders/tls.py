@@ -66,9 +66,9 @@ def server_env(spec: ModelServiceSpec) -> dict[str, str]:
 def vllm_args(spec: ModelServiceSpec) -> list[str]:
     """vLLM's own flags for the same files.
 
-    `--enable-ssl-refresh` makes vLLM reload them on a change it sees through `watchfiles` on
-    the two paths; the kubelet's update deletes the files that watch follows, so vLLM (up to at
-    least the pinned release) picks up the first renewal only (README, TLS).
+    `--enable-ssl-refresh` makes vLLM reload them on a change its `SSLCertRefresher` sees
+    through `watchfiles` (inotify on the two files); the kubelet's update deletes the files that
+    watch follows, so vLLM picks up the first renewal only (README, HTTPS).
     """
     if not enabled(spec):
         return []

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from maas_workloads import contract
@@ -99,6 +100,14 @@ def test_a_pair_that_cannot_load_stops_the_server_naming_the_flags(
         CertificateStore(missing)
     volume.publish(Pair(cert=one.cert, key=other.key, serial=one.serial))  # a key of another certificate
     with pytest.raises(SettingsError, match="KEY_VALUES_MISMATCH"):
+        CertificateStore(tls_settings(volume))
+    # An encrypted key: refused with the reason, never a pass phrase prompt on the terminal.
+    key = serialization.load_pem_private_key(one.key, password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+    )
+    volume.publish(Pair(cert=one.cert, key=encrypted, serial=one.serial))
+    with pytest.raises(SettingsError, match="the private key is encrypted"):
         CertificateStore(tls_settings(volume))
 
 

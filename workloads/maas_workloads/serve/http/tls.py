@@ -39,14 +39,20 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
     """A server-side context serving the pair; raises OSError (ssl.SSLError) when it cannot be loaded.
 
     TLS 1.2 at least (RFC 9325's floor); renegotiation off, so a client cannot make the server
-    redo the costly half of a handshake on an open connection.
+    redo the costly half of a handshake on an open connection. An encrypted key is refused
+    (OSError): without a password callback OpenSSL would prompt on the terminal.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(ALPN_PROTOCOLS)
-    context.load_cert_chain(settings.cert_file, settings.key_file)
+    context.load_cert_chain(settings.cert_file, settings.key_file, password=_refuse_encrypted_key)
     return context
+
+
+def _refuse_encrypted_key() -> bytes:
+    """Called by OpenSSL for an encrypted key only (a kubernetes.io/tls Secret holds it in the clear)."""
+    raise OSError("the private key is encrypted; a kubernetes.io/tls Secret holds it unencrypted")
 
 
 class CertificateStore:
