@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import http
-import ssl
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -49,11 +48,10 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
-from uvloop.loop import SSLProtocol  # type: ignore[attr-defined]  # the TLS layer; uvloop ships no stub for it
 
 from maas_workloads.serve.http.logs import AccessLog
 from maas_workloads.serve.http.settings import HttpSettings
-from maas_workloads.serve.http.tls import CertificateStore
+from maas_workloads.serve.http.tls import CertificateStore, start_handshake
 from maas_workloads.serve.http.transport import CoalescingTransport
 
 ErrorBody = Callable[[int, str], bytes]
@@ -68,9 +66,6 @@ LINGER_SECONDS: Final = 2.0
 LINGER_BYTES: Final = 64 * 1024
 """After the server's own error response, what a client still sends is dropped for this long
 or this many bytes at most, then the connection closes."""
-TLS_SHUTDOWN_SECONDS: Final = LINGER_SECONDS
-"""How long a closing HTTPS connection waits for the client's close_notify before the socket
-goes anyway (the event loop's default, 30 s, would let a silent client hold a slot that long)."""
 
 
 class Phase(enum.Enum):
@@ -177,7 +172,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._max_header_bytes = server_state.settings.max_header_bytes
         self._dropped = 0
         self._lost = False
-        self._tls: SSLProtocol | None = None
+        self._tls: asyncio.BaseProtocol | None = None
         """The TLS layer while its handshake runs; None before, after, and for plain HTTP."""
 
     # --- connection events ----------------------------------------------------------------
@@ -194,31 +189,10 @@ class GuardedProtocol(HttpToolsProtocol):
         if len(self.connections) > self.guard.settings.max_connections and not self.guard.make_room(self):
             self._refuse_at_cap()
         elif self.guard.tls is not None:
-            self._start_tls(transport, self.guard.tls.context)
-
-    def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
-        """Hand the accepted socket to the event loop's TLS layer; HTTP resumes over it after the handshake.
-
-        What `loop.start_tls` does, but before this method returns: uvloop starts reading the
-        socket as soon as `connection_made` returns, so the client's hello must already reach
-        the TLS layer then, never the HTTP parser. The TLS layer calls `connection_made` again
-        with the encrypted transport when the handshake succeeds, and resolves `waiter` when it
-        ends either way. The header deadline armed at the accept bounds the handshake; the
-        layer's own handshake timeout is set just past it, a bound the deadline reaches first.
-        """
-        waiter = self.loop.create_future()
-        waiter.add_done_callback(self._handshake_ended)
-        self._tls = SSLProtocol(
-            self.loop,
-            self,
-            context,
-            waiter,
-            server_side=True,
-            ssl_handshake_timeout=self.guard.settings.header_timeout_seconds + 1,
-            ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS,
-        )
-        transport.set_protocol(self._tls)
-        self._tls.connection_made(transport)
+            # The header deadline armed above bounds the handshake too (the layer's own timeout is
+            # set just past it); when it succeeds the TLS layer calls connection_made again.
+            timeout = self.guard.settings.header_timeout_seconds + 1
+            self._tls = start_handshake(transport, self, self.guard.tls.context, timeout, self._handshake_ended)
 
     def _secured(self, transport: asyncio.Transport) -> None:
         """The handshake succeeded: requests arrive, and responses leave, through `transport`."""

@@ -20,9 +20,11 @@ import asyncio
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter
+from uvloop.loop import SSLProtocol  # type: ignore[attr-defined]  # uvloop ships no stub for its TLS layer
 
 from maas_workloads.serve.http.settings import HttpSettings, SettingsError, TlsSettings
 
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 
 ALPN_PROTOCOLS: Final = ["http/1.1"]
 """What this server speaks: a client offering h2 as well settles on HTTP/1.1 in the handshake."""
+
+SHUTDOWN_SECONDS: Final = 2.0
+"""How long a closing HTTPS connection waits for the client's close_notify before the socket
+goes anyway (the event loop's default, 30 s, would let a silent client hold a slot that long);
+as long as `protocol.LINGER_SECONDS`."""
 
 Signature = tuple[tuple[int, int, int, int], ...]
 """(st_dev, st_ino, st_size, st_mtime_ns) of the certificate and of the key, through their symlinks."""
@@ -120,6 +127,39 @@ class CertificateStore:
         while True:
             await asyncio.sleep(self.settings.reload_seconds)
             self.check()
+
+
+def start_handshake(
+    transport: asyncio.Transport,
+    application: asyncio.Protocol,
+    context: ssl.SSLContext,
+    timeout_seconds: float,
+    on_end: Callable[[asyncio.Future[None]], None],
+) -> asyncio.BaseProtocol:
+    """Hand a just-accepted plain `transport` to the event loop's TLS layer, returned; `application`
+    then speaks HTTP over it.
+
+    What `loop.start_tls` does, but before the caller's `connection_made` returns: uvloop starts
+    reading the socket as soon as it returns, so the client's hello must already reach the TLS
+    layer then, never the HTTP parser. The layer calls `application.connection_made` again, with
+    the encrypted transport, when the handshake succeeds; `on_end` gets its waiter when the
+    handshake ends either way (an exception: it failed). Must run on uvloop's event loop.
+    """
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    waiter.add_done_callback(on_end)
+    layer = SSLProtocol(
+        loop,
+        application,
+        context,
+        waiter,
+        server_side=True,
+        ssl_handshake_timeout=timeout_seconds,
+        ssl_shutdown_timeout=SHUTDOWN_SECONDS,
+    )
+    transport.set_protocol(layer)
+    layer.connection_made(transport)
+    return layer  # type: ignore[no-any-return]
 
 
 def certificate_store(settings: HttpSettings, registry: CollectorRegistry | None) -> CertificateStore | None:
