@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shlex
+import ssl
 from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import unquote, urlparse
@@ -48,11 +49,15 @@ def is_causal_lm(model_uri: str) -> bool:
     return manifest.format == artifact.CAUSAL_LM_FORMAT
 
 
-def ask(url: str, token: str | None, question: Question, out: TextIO) -> tuple[str, str]:
-    """Send the question to /v1/chat/completions and print the answer as it streams; (model, answer)."""
-    from openai import OpenAI
+def ask(
+    url: str, token: str | None, question: Question, out: TextIO, context: ssl.SSLContext | None = None
+) -> tuple[str, str]:
+    """Send the question to /v1/chat/completions and print the answer as it streams; (model, answer).
+    `context` verifies an HTTPS server (server.tls)."""
+    from openai import DefaultHttpxClient, OpenAI
 
-    client = OpenAI(base_url=f"{url}/v1", api_key=token or "none", max_retries=0, timeout=120)
+    http_client = DefaultHttpxClient(verify=context) if context is not None else None
+    client = OpenAI(base_url=f"{url}/v1", api_key=token or "none", max_retries=0, timeout=120, http_client=http_client)
     model = client.models.list().data[0].id
     out.write(f"asking {model} {question.origin}:\n  Q: {question.text}\n  A: ")
     out.flush()

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from maas_operator.api import causallm as lm
 from maas_operator.api import modelservice as ms
-from maas_operator.api import trainer
+from maas_operator.api import serving, trainer
 from maas_operator.api.trainingjob import (
     CheckpointSpec,
     ModelStatus,
@@ -47,8 +47,9 @@ def wire_names(model: type[BaseModel]) -> list[str]:
         ms.ModelServiceSpec,
         ms.ModelSource,
         ms.AutoscalingSpec,
-        ms.BatchingSpec,
-        ms.ServerSpec,
+        serving.BatchingSpec,
+        serving.ServerSpec,
+        serving.TlsSpec,
         ms.RolloutSpec,
         ms.CanarySpec,
         ms.DisruptionSpec,
