@@ -11,12 +11,12 @@ from maas_workloads.storage import (
     LocalLocation,
     Location,
     ObjectNotFoundError,
-    S3Location,
     StorageConfigError,
     StorageError,
     StorageUnavailableError,
     open_location,
 )
+from maas_workloads.storage_s3 import S3Location
 from tests.workloads.train.conftest import S3Server
 
 

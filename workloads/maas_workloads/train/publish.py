@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from maas_workloads import artifact, contract, storage
+from maas_workloads.storage_s3 import S3Location
 
 MODEL_FILE = "model.pt"
 ADAPTER_DIRECTORY = "adapter"
@@ -113,10 +114,10 @@ def export(
 def split_output_uri(output_uri: str) -> tuple[storage.Location, str]:
     """(parent location, name): the artifact is published as the directory `name` inside the parent."""
     location = storage.open_location(output_uri)
-    if isinstance(location, storage.S3Location):
+    if isinstance(location, S3Location):
         parent_key, _, name = location.prefix.rpartition("/")
         if name:
-            return storage.S3Location(location.bucket, parent_key), name
+            return S3Location(location.bucket, parent_key), name
     elif isinstance(location, storage.LocalLocation) and location.root.parent != location.root:
         return storage.LocalLocation(location.root.parent), location.root.name
     raise storage.StorageConfigError(
