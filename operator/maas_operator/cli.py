@@ -156,6 +156,8 @@ def operator_command(args: argparse.Namespace) -> int:
     import maas_operator.handlers  # noqa: F401  (registers the handlers)
 
     config = OperatorConfig.from_env()
+    if args.workers is not None:
+        config = OperatorConfig.model_validate({**config.model_dump(), "workers": args.workers})
     namespaces = args.namespace or list(config.namespaces)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.FULL)
     for noisy in ("aiohttp.access", "kubernetes_asyncio"):
@@ -167,6 +169,7 @@ def operator_command(args: argparse.Namespace) -> int:
             namespaces=namespaces,
             liveness_endpoint=liveness,
             standalone=True,
+            memo=kopf.Memo(config=config),
         )
     )
     return 0
@@ -196,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator = commands.add_parser("operator", help="run the operator against the current cluster")
     operator.add_argument("-n", "--namespace", action="append", help="watch only this namespace (repeatable)")
+    operator.add_argument(
+        "--workers", type=int, help="objects reconciled at once (default MAAS_OPERATOR_WORKERS, else 32)"
+    )
     operator.add_argument("--json-logs", action="store_true", help="structured JSON logs")
     operator.add_argument("-v", "--verbose", action="store_true")
     operator.set_defaults(handler=operator_command)

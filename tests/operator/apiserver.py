@@ -1,7 +1,7 @@
 """The API server's behaviours the test emulator adds to KMock's, one switch per behaviour
 (`Switches`): server-side apply with field managers (ssa.py), admission refusals and quotas
-(admission.py), pods on lost nodes that never finish terminating. Tests reach the switches as
-`cluster.switches` (emulator.py).
+(admission.py), server errors, pods on lost nodes that never finish terminating, a latency per
+request. Tests reach the switches as `cluster.switches` (emulator.py).
 """
 
 from __future__ import annotations
@@ -57,8 +57,15 @@ class Switches:
     """A ResourceQuota's hard limits on pods (e.g. {"requests.nvidia.com/gpu": 2}): 403 beyond them."""
     denials: dict[tuple[str, str], str] = field(default_factory=dict)
     """(kind, name) -> the reason an admission webhook gives for denying every write of that object (403)."""
+    server_errors: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) -> the cause of a 500 InternalError answered to every write of that object, as the
+    API server answers e.g. a Service create once its IP range is full (`failed to allocate a serviceIP:
+    range is full`)."""
     lost_nodes: set[str] = field(default_factory=set)
     """Nodes whose kubelet is gone: their pods' graceful deletion never completes."""
+    latency_seconds: float = 0.0
+    """Added to every request before it is handled, as a real API server's round trip (~10 ms for a
+    write, storage included) rather than this machine's CPU sets the pace."""
 
 
 def _error(status: int, reason: str, message: str, kind: str = "", name: str = "") -> Exception:
@@ -86,6 +93,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         self._admission = asyncio.Lock()
 
     async def _handle(self, request: Any) -> Any:
+        if self.switches.latency_seconds > 0:
+            await asyncio.sleep(self.switches.latency_seconds)
         resource = request.resource
         kind = KINDS.get(resource.plural) if resource is not None else None
         if kind is None or request.action is None:
@@ -107,6 +116,30 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         return await super()._handle(request)
 
     # --- the object store -------------------------------------------------------------
+    # KMock finds the object a fetch, create, update or delete answers with by scanning every
+    # stored object (quadratic over a burst); these answer from the store's key instead.
+    def _stored(self, request: Any, namespace: str | None, name: str | None) -> Any:
+        try:
+            return self._objects[request.resource, namespace, name]
+        except KeyError:
+            return None
+
+    async def _serve_fetch(self, request: Any) -> Any:
+        obj = self._stored(request, request.namespace, request.name)
+        if obj is None or obj.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_create(self, request: Any) -> Any:
+        metadata = request.data.get("metadata", {})
+        return self._stored(request, request.namespace or metadata.get("namespace"), metadata.get("name")).raw
+
+    async def _serve_update(self, request: Any) -> Any:
+        return self._stored(request, request.namespace, request.name).last.raw
+
+    async def _serve_delete(self, request: Any) -> Any:
+        return self._stored(request, request.namespace, request.name).last.raw
+
     def _live(self, request: Any) -> dict[str, Any] | None:
         """A copy of the stored object the request names (None: there is none)."""
         key = (request.resource, request.namespace, request.name)
@@ -126,6 +159,9 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
     # --- writes -----------------------------------------------------------------------
     def _admit(self, kind: str, obj: dict[str, Any], creating: bool) -> None:
         name = str((obj.get("metadata") or {}).get("name") or "")
+        cause = self.switches.server_errors.get((kind, name))
+        if cause is not None:
+            raise _error(500, "InternalError", f"Internal error occurred: {cause}", kind, name)
         denial = self.switches.denials.get((kind, name))
         if denial is not None:
             message = f'admission webhook "{WEBHOOK}" denied the request: {denial}'

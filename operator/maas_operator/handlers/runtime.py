@@ -26,6 +26,7 @@ import aiohttp
 from maas_operator import metrics
 from maas_operator.builders.modelservice import spec_hash
 from maas_operator.config import OperatorConfig
+from maas_operator.handlers.events import EventRecorder
 from maas_operator.handlers.queue import WorkQueue
 from maas_operator.kube.client import KubeClient, KubeError
 from maas_operator.kube.patch import merge_patch
@@ -42,6 +43,8 @@ MODELSERVICES = "maas-modelservices"
 """ModelService bodies by (namespace, name)."""
 TRAININGJOB_PODS = "maas-trainingjob-pods"
 """PodViews of TrainingJob pods by (namespace, owner name)."""
+MODELSERVICES_BY_TRAININGJOB = "maas-modelservices-by-trainingjob"
+"""Names of the ModelServices whose model (or canary) a TrainingJob provides, by (namespace, TrainingJob name)."""
 
 
 def modelservice_children_index(plural: str) -> str:
@@ -55,6 +58,8 @@ class ObjectState:
 
     status: dict[str, Any] | None = None
     """The status we last wrote: we are its only writer, so it is never staler than the watch."""
+    generation: int | None = None
+    """metadata.generation of the body the last reconcile planned from."""
     created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
     written: dict[ChildKey, tuple[dict[str, Any] | None, float]] = field(default_factory=dict)
@@ -114,10 +119,15 @@ class ObjectState:
         return refusal is not None and refusal.fingerprint == action_fingerprint(action) and now < refusal.retry_at
 
     def refuse(self, action: ChildAction, error: KubeError, now: datetime.datetime) -> bool:
-        """Record a refusal; True when it is new (not the same child refused with the same words)."""
+        """Record a failed write; True when it is news (not the same child failing in the same words).
+
+        Retries of the same request count up whatever the API server answers (its message may
+        change, e.g. a quota's usage), so that the backoff keeps growing.
+        """
         kind, name = action.key
         before = self.refusals.get(action.key)
-        repeated = before is not None and before.message == error.message
+        fingerprint = action_fingerprint(action)
+        retried = before is not None and before.fingerprint == fingerprint
         self.refusals[action.key] = Refusal(
             kind=kind,
             name=name,
@@ -125,12 +135,12 @@ class ObjectState:
             code=error.status,
             reason=error.reason,
             message=error.message,
-            fingerprint=action_fingerprint(action),
-            first=before.first if repeated and before else now,
+            fingerprint=fingerprint,
+            first=before.first if retried and before else now,
             last=now,
-            attempts=before.attempts + 1 if repeated and before else 1,
+            attempts=before.attempts + 1 if retried and before else 1,
         )
-        return not repeated
+        return before is None or before.message != error.message
 
     def keep_refusals(self, wanted: set[ChildKey]) -> None:
         """Forget refusals of writes the last plan no longer wanted (the spec or the state moved on)."""
@@ -167,12 +177,16 @@ class Runtime:
     http: aiohttp.ClientSession
     reconcilers: dict[str, Reconciler]
     watched: Watched
-    queue: WorkQueue = field(init=False)
+    queue: WorkQueue[ObjectKey] = field(init=False)
+    events: EventRecorder = field(init=False)
     objects: dict[str, ObjectState] = field(default_factory=lambda: collections.defaultdict(ObjectState))
     phases: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(kind, phase) of every object by uid."""
+    phase_counts: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
 
     def __post_init__(self) -> None:
-        self.queue = WorkQueue(self._dispatch)
+        self.queue = WorkQueue(self._dispatch, self.config.workers, lane=lambda key: key[0])
+        self.events = EventRecorder(self.kube)
 
     @classmethod
     async def start(
@@ -190,14 +204,16 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.queue.stop()
+        await self.events.stop()
         await self.http.close()
         await self.kube.close()
 
     def synced(self) -> None:
         """Called by every event handler: kopf runs them only once every index is populated."""
         self.queue.start()
+        self.events.start()
 
-    async def _dispatch(self, key: Any) -> None:
+    async def _dispatch(self, key: ObjectKey) -> None:
         await self.reconcilers[key[0]](self, key)
 
     def body(self, key: ObjectKey) -> dict[str, Any] | None:
@@ -215,16 +231,31 @@ class Runtime:
         ]
 
     async def resync_forever(self) -> None:
-        """Re-evaluate every object periodically: deadlines, stalls, TTLs and missed events."""
+        """Re-evaluate every object not reconciled for a resync period (deadlines, stalls, progress,
+        TTLs, missed events): within 1.5 periods of its last reconcile, after whatever a watch event
+        queued, and never before a failed reconcile's retry is due."""
+        period = self.config.resync_seconds
         while True:
-            await asyncio.sleep(self.config.resync_seconds)
-            for key in self.keys():
-                self.queue.add(key)
+            await asyncio.sleep(period / 2)
+            self.queue.resync(self.keys(), period)
 
-    def object_event(self, key: ObjectKey, body: Mapping[str, Any], deleted: bool) -> None:
+    def object_event(self, key: ObjectKey, uid: str, deleted: bool) -> None:
+        """A watch event of a custom resource (its body already in the index): reconcile it, unless
+        the event only echoes our own status write, which tells the planner nothing new."""
         self.synced()
         if deleted:
-            self.forget(str(body["metadata"].get("uid", "")))
+            self.queue.forget(key)
+            self.objects.pop(uid, None)
+            self._count_phase(self.phases.pop(uid, None), None)
+            return
+        body = self.body(key)
+        state = self.objects.get(uid)
+        if (
+            body is not None
+            and state is not None
+            and state.generation == body["metadata"].get("generation")
+            and state.status == body.get("status")
+        ):
             return
         self.queue.add(key)
 
@@ -233,15 +264,11 @@ class Runtime:
         if self.body(owner) is not None:
             self.queue.add(owner)
 
-    def dependents(self, namespace: str, refers_to: Callable[[dict[str, Any]], bool]) -> None:
-        """Queue every ModelService in `namespace` whose body satisfies `refers_to`."""
+    def dependents(self, namespace: str, training_job: str) -> None:
+        """Queue every ModelService in `namespace` whose model (or canary) `training_job` provides."""
         self.synced()
-        for index_key in self.watched.keys(MODELSERVICES):
-            if index_key[0] != namespace:
-                continue
-            body = self.watched.one(MODELSERVICES, index_key)
-            if body is not None and refers_to(body):
-                self.queue.add(("ModelService", *index_key))
+        for name in self.watched.all(MODELSERVICES_BY_TRAININGJOB, (namespace, training_job)):
+            self.queue.add(("ModelService", namespace, name))
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every custom resource as watched, with the status we last wrote (never staler); any thread.
@@ -265,11 +292,6 @@ class Runtime:
     def state(self, uid: str) -> ObjectState:
         return self.objects[uid]
 
-    def forget(self, uid: str) -> None:
-        self.objects.pop(uid, None)
-        if self.phases.pop(uid, None) is not None:
-            self._publish_phases()
-
     async def write_status(
         self, kind: str, namespace: str, name: str, uid: str, current: dict[str, Any], wanted: dict[str, Any]
     ) -> bool:
@@ -279,14 +301,21 @@ class Runtime:
         if patch:
             await self.kube.patch_status(kind, namespace, name, patch)
         state.status = wanted
-        phase = wanted.get("phase") or "Pending"
-        if self.phases.get(uid) != (kind, phase):
-            self.phases[uid] = (kind, phase)
-            self._publish_phases()
+        phase = (kind, wanted.get("phase") or "Pending")
+        before = self.phases.get(uid)
+        if before != phase:
+            self.phases[uid] = phase
+            self._count_phase(before, phase)
         return bool(patch)
 
-    def _publish_phases(self) -> None:
-        counts = collections.Counter(self.phases.values())
-        metrics.OBJECTS_BY_PHASE.clear()
-        for (kind, phase), count in counts.items():
-            metrics.OBJECTS_BY_PHASE.labels(kind=kind, phase=phase).set(count)
+    def _count_phase(self, before: tuple[str, str] | None, after: tuple[str, str] | None) -> None:
+        """Move one object between the counts of maas_objects{kind,phase} (a label set at 0 is removed)."""
+        for moved, change in ((before, -1), (after, 1)):
+            if moved is None:
+                continue
+            self.phase_counts[moved] += change
+            if self.phase_counts[moved] > 0:
+                metrics.OBJECTS_BY_PHASE.labels(kind=moved[0], phase=moved[1]).set(self.phase_counts[moved])
+            else:
+                del self.phase_counts[moved]
+                metrics.OBJECTS_BY_PHASE.remove(*moved)
