@@ -26,7 +26,8 @@ from pydantic import BaseModel
 from maas_operator import metrics
 from maas_operator.builders.meta import Owner
 from maas_operator.handlers import cache
-from maas_operator.handlers.runtime import ObjectKey, ObjectState, Runtime
+from maas_operator.handlers.runtime import ObjectKey, Runtime
+from maas_operator.handlers.state import ObjectState
 from maas_operator.kube.client import KubeError
 from maas_operator.status.plan import Apply, ChildAction, ChildKey, Create, DeleteOwner, Event, Plan
 from maas_operator.status.pods import pod_view
@@ -144,9 +145,12 @@ async def _write_child(
 
 async def _write(action: ChildAction, owner: Owner, state: ObjectState, runtime: Runtime) -> None:
     if isinstance(action, Create):
-        await runtime.kube.create(action.manifest)
-        if action.manifest["kind"] == "Pod":  # a repeated create of anything else is a harmless 409
+        if action.manifest["kind"] == "Pod":
+            await runtime.kube.create(action.manifest)
             state.expect_created(pod_view(action.manifest))
+        elif not state.exists(action):
+            await runtime.kube.create(action.manifest)
+            state.confirm(action)
     elif isinstance(action, Apply):
         applied = await runtime.kube.apply(action.manifest, action.field_manager)
         kind = str(action.manifest["kind"])

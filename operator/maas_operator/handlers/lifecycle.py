@@ -12,7 +12,7 @@ from maas_operator import metrics
 from maas_operator.api.modelservice import KIND as MODELSERVICE
 from maas_operator.api.trainingjob import KIND as TRAININGJOB
 from maas_operator.config import OperatorConfig
-from maas_operator.handlers import kopf_state
+from maas_operator.handlers import kopf_settings
 from maas_operator.handlers.modelservice import CHILD_RESOURCES, reconcile_modelservice
 from maas_operator.handlers.runtime import (
     MODELSERVICES,
@@ -42,7 +42,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     # no finalizers); our own queue retries, and garbage collection deletes children.
     settings.peering.standalone = True
     settings.posting.enabled = False
-    kopf_state.keep_nothing(settings)
+    kopf_settings.configure(settings)
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
     # kopf passes its indices to startup handlers as keyword arguments named by their ids;

@@ -7,11 +7,12 @@ Watch events and the periodic resync only enqueue an object's key; a fixed numbe
   being reconciled runs once more right after, and repeated adds before it runs count once;
 - fair between kinds: each kind (the lane a key belongs to) has its own queue, and the workers
   take from the lanes in turn, so a burst of one kind never starves the other;
-- by priority: within every lane, keys added by watch events (`EVENT`: something changed, or a
-  retry or deadline fell due) go before keys added by the periodic resync (`RESYNC`), so new
-  objects never wait behind re-evaluations of old ones (controller-runtime's priority queue
-  gives its resync and initial-list items a low priority for the same reason). A key queued at
-  RESYNC and added again at EVENT moves up;
+- by priority: new objects (`NEW`) first, then keys added by watch events (`EVENT`: something
+  changed, or a retry or deadline fell due), then keys added by the periodic resync (`RESYNC`),
+  so new objects never wait behind follow-ups or re-evaluations of old ones (controller-runtime's
+  priority queue gives its resync and initial-list items a low priority for the same reason).
+  A key added again at a higher priority moves up. The highest priority any lane has is served
+  first, the lanes taking turns at it;
 - with backoff per key: a reconcile that raises is retried after 0.5 s, 1 s, 2 s, ... at most
   30 s. Until then the resync does not queue the key again (the retry does); a watch event does,
   because it is news the failed reconcile did not have;
@@ -44,6 +45,9 @@ class Priority(enum.IntEnum):
     """The periodic re-evaluation of every object."""
     EVENT = 1
     """A watch event, a due retry or a time-based decision the planner asked for."""
+    NEW = 2
+    """An object this process has not reconciled yet: in a burst, every new object gets its
+    children before the follow-ups of the objects before it (their children's events)."""
 
 
 @dataclass
@@ -97,6 +101,11 @@ class WorkQueue(Generic[KeyT]):
     @property
     def workers(self) -> int:
         return self._workers
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, nothing being reconciled."""
+        return not self._queued and not self._running
 
     def start(self) -> None:
         if not self._tasks:

@@ -14,27 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
-import datetime
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from maas_operator import metrics
-from maas_operator.builders.modelservice import spec_hash
 from maas_operator.config import OperatorConfig
 from maas_operator.handlers.events import EventRecorder
-from maas_operator.handlers.queue import WorkQueue
-from maas_operator.kube.client import KubeClient, KubeError
+from maas_operator.handlers.memory import Releaser
+from maas_operator.handlers.queue import Priority, WorkQueue
+from maas_operator.handlers.state import ObjectState
+from maas_operator.kube.client import KubeClient
 from maas_operator.kube.patch import merge_patch
-from maas_operator.status.plan import ChildAction, ChildKey, Refusal, action_fingerprint
-from maas_operator.status.pods import PodView
-
-EXPECTATION_SECONDS = 60.0
-"""How long a write of ours is assumed to be in flight before the watch must have shown it."""
 
 # The kopf indices (handler ids) the handlers declare; values are per key (namespace, name).
 TRAININGJOBS = "maas-trainingjobs"
@@ -50,101 +43,6 @@ MODELSERVICES_BY_TRAININGJOB = "maas-modelservices-by-trainingjob"
 def modelservice_children_index(plural: str) -> str:
     """The index of a ModelService child kind: bodies by (namespace, owner name)."""
     return f"maas-modelservice-{plural}"
-
-
-@dataclass
-class ObjectState:
-    """Per custom resource: our last status, writes not yet seen by the watch, refused writes."""
-
-    status: dict[str, Any] | None = None
-    """The status we last wrote: we are its only writer, so it is never staler than the watch."""
-    generation: int | None = None
-    """metadata.generation of the body the last reconcile planned from."""
-    created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
-    deleted: dict[str, float] = field(default_factory=dict)
-    written: dict[ChildKey, tuple[dict[str, Any] | None, float]] = field(default_factory=dict)
-    """Children we applied (their body) or deleted (None), until the watch shows the write."""
-    refusals: dict[ChildKey, Refusal] = field(default_factory=dict)
-    last_poll: float = 0.0
-    """When the head's progress was last fetched (monotonic seconds)."""
-
-    def expect_created(self, pod: PodView) -> None:
-        self.created[pod.name] = (pod, time.monotonic())
-
-    def expect_deleted(self, name: str) -> None:
-        self.deleted[name] = time.monotonic()
-        self.created.pop(name, None)
-
-    def observe(self, watched: Iterable[PodView]) -> list[PodView]:
-        """The watched pods, corrected for our own creates and deletes the watch has not shown yet."""
-        now = time.monotonic()
-        pods = list(watched)
-        names = {pod.name for pod in pods}
-        self.created = {
-            name: entry
-            for name, entry in self.created.items()
-            if name not in names and now - entry[1] < EXPECTATION_SECONDS
-        }
-        self.deleted = {
-            name: since for name, since in self.deleted.items() if name in names and now - since < EXPECTATION_SECONDS
-        }
-        corrected = [dataclasses.replace(pod, deleting=True) if pod.name in self.deleted else pod for pod in pods]
-        return corrected + [pod for pod, _ in self.created.values()]
-
-    def remember(self, key: ChildKey, body: dict[str, Any] | None) -> None:
-        self.written[key] = (body, time.monotonic())
-
-    def observe_children(self, watched: Mapping[ChildKey, dict[str, Any]]) -> dict[ChildKey, dict[str, Any]]:
-        """The watched children, corrected for our applies and deletes the watch has not shown yet."""
-        now = time.monotonic()
-        children = dict(watched)
-        for key, (body, since) in list(self.written.items()):
-            seen = watched.get(key)
-            if body is None:
-                caught_up = seen is None or bool((seen.get("metadata") or {}).get("deletionTimestamp"))
-            else:
-                caught_up = seen is not None and spec_hash(seen) == spec_hash(body)
-            if caught_up or now - since >= EXPECTATION_SECONDS:
-                del self.written[key]
-            elif body is None:
-                children.pop(key, None)
-            else:
-                children[key] = body
-        return children
-
-    # --- refused writes ------------------------------------------------------------------
-    def backing_off(self, action: ChildAction, now: datetime.datetime) -> bool:
-        """The same write was refused and its retry is not due yet."""
-        refusal = self.refusals.get(action.key)
-        return refusal is not None and refusal.fingerprint == action_fingerprint(action) and now < refusal.retry_at
-
-    def refuse(self, action: ChildAction, error: KubeError, now: datetime.datetime) -> bool:
-        """Record a failed write; True when it is news (not the same child failing in the same words).
-
-        Retries of the same request count up whatever the API server answers (its message may
-        change, e.g. a quota's usage), so that the backoff keeps growing.
-        """
-        kind, name = action.key
-        before = self.refusals.get(action.key)
-        fingerprint = action_fingerprint(action)
-        retried = before is not None and before.fingerprint == fingerprint
-        self.refusals[action.key] = Refusal(
-            kind=kind,
-            name=name,
-            verb=action.verb,
-            code=error.status,
-            reason=error.reason,
-            message=error.message,
-            fingerprint=fingerprint,
-            first=before.first if retried and before else now,
-            last=now,
-            attempts=before.attempts + 1 if retried and before else 1,
-        )
-        return before is None or before.message != error.message
-
-    def keep_refusals(self, wanted: set[ChildKey]) -> None:
-        """Forget refusals of writes the last plan no longer wanted (the spec or the state moved on)."""
-        self.refusals = {key: refusal for key, refusal in self.refusals.items() if key in wanted}
 
 
 ObjectKey = tuple[str, str, str]
@@ -235,13 +133,16 @@ class Runtime:
         TTLs, missed events): within 1.5 periods of its last reconcile, after whatever a watch event
         queued, and never before a failed reconcile's retry is due."""
         period = self.config.resync_seconds
+        memory = Releaser()
         while True:
             await asyncio.sleep(period / 2)
+            memory.after_work(self.queue.idle)  # before this tick's resync makes it busy
             self.queue.resync(self.keys(), period)
 
     def object_event(self, key: ObjectKey, uid: str, deleted: bool) -> None:
-        """A watch event of a custom resource (its body already in the index): reconcile it, unless
-        the event only echoes our own status write, which tells the planner nothing new."""
+        """A watch event of a custom resource (its body already in the index): reconcile it, first
+        if this process has not yet, and not at all when the event only echoes a status write of
+        ours, which tells the planner nothing new."""
         self.synced()
         if deleted:
             self.queue.forget(key)
@@ -250,13 +151,16 @@ class Runtime:
             return
         body = self.body(key)
         state = self.objects.get(uid)
-        if (
-            body is not None
-            and state is not None
-            and state.generation == body["metadata"].get("generation")
-            and state.status == body.get("status")
-        ):
+        if body is None or state is None or state.status is None:
+            self.queue.add(key, priority=Priority.NEW)
             return
+        if state.generation == body["metadata"].get("generation"):
+            status = body.get("status")
+            if status == state.status:
+                state.previous_status = None  # the last write's echo: no earlier one follows
+                return
+            if state.previous_status is not None and status == state.previous_status:
+                return
         self.queue.add(key)
 
     def child_event(self, owner: ObjectKey) -> None:
@@ -300,6 +204,7 @@ class Runtime:
         patch = merge_patch(state.status if state.status is not None else current, wanted)
         if patch:
             await self.kube.patch_status(kind, namespace, name, patch)
+            state.previous_status = state.status
         state.status = wanted
         phase = (kind, wanted.get("phase") or "Pending")
         before = self.phases.get(uid)
