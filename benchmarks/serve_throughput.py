@@ -3,11 +3,13 @@
 Both servers load the same TorchScript artifact (the digits MLP and a heavier 4x2048 MLP) and
 answer the same Open Inference Protocol v2 JSON request (one row). A closed-loop load
 generator, in its own process and part of neither server, keeps `c` requests in flight on `c`
-keep-alive connections for a fixed duration at each concurrency. The raw model is called
+keep-alive connections for a fixed duration at each concurrency, `--repeats` times with the
+contenders alternating (the machine is shared: the run with the median throughput counts,
+every run's throughput is in the JSON). The raw model is called
 in-process at several batch sizes with the same torch thread count as the servers, before and
 after the servers run; its best rows/s is the physical limit on this machine.
 
-    python benchmarks/serve_throughput.py [--duration 5] [--concurrency 1 8 32 64]
+    python benchmarks/serve_throughput.py [--duration 5] [--repeats 3] [--concurrency 1 8 32 64]
 
 Prints a table and writes benchmarks/results/serve_throughput.json.
 """
@@ -220,6 +222,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per concurrency")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per contender and concurrency (median kept)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--models", nargs="+", default=["digits", "mlp4x2048"])
     parser.add_argument("--max-batch-size", type=int, default=64, help="our server's maxBatchSize")
@@ -255,13 +258,18 @@ def main() -> None:
                 log = workdir / f"{server}-{name}.log"
                 processes[server] = start([*command, *extra], log, ports[server], f"/v2/models/{name}/ready")
             entry["servers"] = {server: [] for server in contenders}
-            # Contenders alternate at each concurrency, so that load from outside the benchmark
-            # (the machine is shared) falls on both alike.
+            # Contenders alternate at each concurrency, first one then the other going first, so
+            # that load from outside the benchmark (the machine is shared) falls on both alike.
             for concurrency in options.concurrency:
-                for server in contenders:
-                    print(f"{name}: {server} at concurrency {concurrency} ...", flush=True)
-                    run = run_load(ports[server], f"/v2/models/{name}/infer", body, concurrency, options.duration)
-                    entry["servers"][server].append(run)
+                runs: dict[str, list[dict[str, Any]]] = {server: [] for server in contenders}
+                for repeat in range(options.repeats):
+                    for server in list(contenders)[:: 1 if repeat % 2 == 0 else -1]:
+                        print(f"{name}: {server} at concurrency {concurrency} ({repeat + 1}) ...", flush=True)
+                        path = f"/v2/models/{name}/infer"
+                        runs[server].append(run_load(ports[server], path, body, concurrency, options.duration))
+                for server, measured in runs.items():
+                    median = sorted(measured, key=lambda run: run["throughput"])[len(measured) // 2]
+                    entry["servers"][server].append({**median, "runs": [run["throughput"] for run in measured]})
         finally:
             for process in processes.values():
                 stop(process)
@@ -273,6 +281,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {
             "duration_seconds": options.duration,
+            "repeats": options.repeats,
             "torch_threads": int(THREADS),
             "request": "OIP v2 JSON, one row of 64 FP32",
             "maas": f"maxBatchSize {options.max_batch_size}, otherwise defaults: maxDelayMs 2, access log on",

@@ -297,7 +297,11 @@ def llm() -> dashboard.Dashboard:
 
 def operator() -> dashboard.Dashboard:
     return (
-        board("maas-operator", "MaaS / Operator", "The operator: objects, reconciles, API errors, restarts, rollouts.")
+        board(
+            "maas-operator",
+            "MaaS / Operator",
+            "The operator: objects, reconciles, API errors, leader, restarts, rollouts.",
+        )
         .with_row(dashboard.Row("Objects"))
         .with_panel(graph("Objects by kind and phase", "none", query("sum by (kind, phase) (maas_objects)")))
         .with_panel(
@@ -315,6 +319,14 @@ def operator() -> dashboard.Dashboard:
                 "Kubernetes API errors per second",
                 "ops",
                 query(f"sum by (status) (rate(maas_api_errors_total[{RATE}]))"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Leader (1: the replica that reconciles) and leader changes per hour",
+                "none",
+                query("max by (pod) (maas_leader)", "{{pod}}"),
+                query("sum(increase(maas_leader_transitions_total[1h]))", "leader changes"),
             )
         )
         .with_row(dashboard.Row("Outcomes"))

@@ -154,11 +154,18 @@ def operator_command(args: argparse.Namespace) -> int:
     import kopf
 
     import maas_operator.handlers  # noqa: F401  (registers the handlers)
+    from maas_operator.handlers.leadership import lease_namespace
 
     config = OperatorConfig.from_env()
     if args.workers is not None:
         config = OperatorConfig.model_validate({**config.model_dump(), "workers": args.workers})
     namespaces = args.namespace or list(config.namespaces)
+    if config.leader_election:
+        try:
+            lease_namespace(config)
+        except ValueError as error:
+            print(f"maas operator: {error}", file=sys.stderr)
+            return 2
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.FULL)
     for noisy in ("aiohttp.access", "kubernetes_asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from maas_operator.election import Timing
 
 ENV_PREFIX = "MAAS_OPERATOR_"
 DEFAULT_IMAGE = "ghcr.io/maas-dev/maas-workloads:0.1.0"
@@ -43,6 +45,34 @@ class OperatorConfig(BaseModel):
     """Prometheus /metrics; 0 disables."""
     health_port: int = Field(default=8081, ge=0, le=65535)
     """kopf's /healthz liveness endpoint; 0 disables."""
+    # Leader election (handlers/leadership.py); defaults are client-go's (election.Timing).
+    leader_election: bool = False
+    """Reconcile only while holding the Lease below, so that several replicas can run (the chart turns it on)."""
+    leader_election_lease_name: str = "maas-operator"
+    leader_election_namespace: str = ""
+    """Namespace of the Lease; empty: the pod's own namespace."""
+    leader_election_identity: str = ""
+    """This replica's holderIdentity, unique among the replicas; empty: the host name (the pod's name)."""
+    leader_election_lease_duration_seconds: int = Field(default=Timing.lease_duration_seconds, ge=1)
+    leader_election_renew_deadline_seconds: float = Field(default=Timing.renew_deadline_seconds, gt=0)
+    leader_election_retry_period_seconds: float = Field(default=Timing.retry_period_seconds, gt=0)
+
+    @model_validator(mode="after")
+    def _election_timing(self) -> OperatorConfig:
+        try:
+            self.election_timing()
+        except ValueError as error:
+            names = "LEASE_DURATION_SECONDS > RENEW_DEADLINE_SECONDS > 1.2 x RETRY_PERIOD_SECONDS"
+            raise ValueError(f"{ENV_PREFIX}LEADER_ELECTION_*: {error}; set them so that {names}") from None
+        return self
+
+    def election_timing(self) -> Timing:
+        """Raises ValueError when the three durations are out of order."""
+        return Timing(
+            self.leader_election_lease_duration_seconds,
+            self.leader_election_renew_deadline_seconds,
+            self.leader_election_retry_period_seconds,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:

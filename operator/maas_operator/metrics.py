@@ -67,6 +67,16 @@ API_ERRORS = Counter(
     ["status"],
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "maas_leader",
+    "1 while this replica reconciles: it holds the leader Lease (always, without leader election); else 0.",
+    registry=REGISTRY,
+)
+LEADER_TRANSITIONS = Counter(
+    "maas_leader_transitions_total",
+    "Times this replica started leading (summed over the replicas: how often the leader changed).",
+    registry=REGISTRY,
+)
 
 EVENTS_DROPPED = Counter(
     "maas_events_dropped_total",

@@ -1,7 +1,8 @@
 """The API server's behaviours the test emulator adds to KMock's, one switch per behaviour
 (`Switches`): server-side apply with field managers (ssa.py), admission refusals and quotas
-(admission.py), server errors, pods on lost nodes that never finish terminating, a latency per
-request. Tests reach the switches as `cluster.switches` (emulator.py).
+(admission.py), server errors, pods on lost nodes that never finish terminating, resourceVersion
+preconditions on Leases, a latency per request. Tests reach the switches as `cluster.switches`
+(emulator.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,7 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "autoscaling/v2/horizontalpodautoscalers": {"kind": "HorizontalPodAutoscaler", "namespaced": True},
     "policy/v1/poddisruptionbudgets": {"kind": "PodDisruptionBudget", "namespaced": True},
     "networking.k8s.io/v1/networkpolicies": {"kind": "NetworkPolicy", "namespaced": True},
+    "coordination.k8s.io/v1/leases": {"kind": "Lease", "namespaced": True},
     f"{GROUP_VERSION}/trainingjobs": {"kind": "TrainingJob", "namespaced": True, "subresources": {"status"}},
     f"{GROUP_VERSION}/modelservices": {"kind": "ModelService", "namespaced": True, "subresources": {"status"}},
 }
@@ -66,6 +69,10 @@ class Switches:
     latency_seconds: float = 0.0
     """Added to every request before it is handled, as a real API server's round trip (~10 ms for a
     write, storage included) rather than this machine's CPU sets the pace."""
+    resource_versions: bool = True
+    """Leases get a new metadata.resourceVersion on every write, and a PUT (replace) that carries an
+    older one is 409 Conflict: optimistic concurrency, which leader election relies on. KMock itself
+    ignores resourceVersion; other kinds still do here (the operator sends no precondition on them)."""
 
 
 def _error(status: int, reason: str, message: str, kind: str = "", name: str = "") -> Exception:
@@ -91,6 +98,9 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.switches = Switches()
         self.ownership = {}
         self._admission = asyncio.Lock()
+        self._versions = itertools.count(1000)
+        # PUT has no KMock action: served here unless a test's reaction answers first.
+        self.fallback[kmock.method.PUT] << self._serve_replace
 
     async def _handle(self, request: Any) -> Any:
         if self.switches.latency_seconds > 0:
@@ -175,6 +185,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         body: dict[str, Any] = request.data
         self._admit(kind, body, creating=True)
         metadata = body.setdefault("metadata", {})
+        if kind == "Lease" and self.switches.resource_versions:
+            metadata["resourceVersion"] = str(next(self._versions))
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata.setdefault("creationTimestamp", now_rfc3339())
         metadata.setdefault("generation", 1)
@@ -243,6 +255,34 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         # KubernetesEmulator's own merge of the patch.
         response = await super(kmock.KubernetesEmulator, self)._handle(request)
         return _created(response) if live is None else response
+
+    async def _serve_replace(self, request: Any) -> dict[str, Any]:
+        """PUT: the object becomes the body (uid and creation time kept); 404 when there is none.
+        With `resource_versions`, a Lease's body must carry its current resourceVersion, else 409."""
+        resource = request.resource
+        kind = KINDS.get(resource.plural) if resource is not None else None
+        if kind is None or not request.name:
+            raise _error(405, "MethodNotAllowed", "PUT needs an object's path")
+        body = copy.deepcopy(request.data) if isinstance(request.data, dict) else {}
+        async with self._lock:
+            live = self._live(request)
+            if live is None:
+                raise _error(404, "NotFound", f'{resource.plural} "{request.name}" not found', kind, request.name)
+            metadata = body.setdefault("metadata", {})
+            versioned = kind == "Lease" and self.switches.resource_versions
+            sent = metadata.get("resourceVersion")
+            if versioned and sent is not None and sent != live["metadata"].get("resourceVersion"):
+                message = (
+                    f'Operation cannot be fulfilled on {resource.plural} "{request.name}": the object has been '
+                    "modified; please apply your changes to the latest version and try again"
+                )
+                raise _error(409, "Conflict", message, kind, request.name)
+            for kept in ("uid", "creationTimestamp", "namespace", "name"):
+                metadata[kept] = live["metadata"].get(kept)
+            if versioned:
+                metadata["resourceVersion"] = str(next(self._versions))
+            await self._store(request, body, new=False)
+        return body
 
     async def _linger(self, request: Any, key: tuple[str, str | None, str]) -> Any | None:
         """A graceful delete of a pod on a lost node: marked, never finished. None: delete normally."""

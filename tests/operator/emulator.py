@@ -51,6 +51,7 @@ PATHS = {
     "HorizontalPodAutoscaler": "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers",
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    "Lease": "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
     "TrainingJob": f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/trainingjobs",
     "ModelService": f"/apis/{GROUP_VERSION}/namespaces/{{ns}}/modelservices",
 }
@@ -66,12 +67,13 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
         )
 
 
-def write_kubeconfig(url: str, directory: pathlib.Path) -> pathlib.Path:
-    path = directory / "kubeconfig"
+def write_kubeconfig(url: str, directory: pathlib.Path, token: str = "test-token") -> pathlib.Path:
+    """A kubeconfig for the emulator; `token` tells requests of several operator processes apart."""
+    path = directory / ("kubeconfig" if token == "test-token" else f"kubeconfig-{token}")
     path.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: emulator\n"
         f"clusters:\n- name: emulator\n  cluster:\n    server: {url}\n"
-        "users:\n- name: tester\n  user:\n    token: test-token\n"
+        f"users:\n- name: tester\n  user:\n    token: {token}\n"
         "contexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: tester\n"
         f"    namespace: {NAMESPACE}\n"
     )
@@ -109,8 +111,8 @@ class Cluster:
             result: dict[str, Any] = await r.json()
             return result
 
-    async def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        async with self.session.get(self.path(kind, name)) as response:
+    async def get(self, kind: str, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+        async with self.session.get(self.path(kind, name, namespace)) as response:
             if response.status == 404:
                 return None
             assert response.status == 200, await response.text()

@@ -310,3 +310,28 @@ def test_failure_history_is_bounded() -> None:
     assert len(status.failures) == 10 and status.failures[-1].attempt == 14
     assert {f.reason for f in status.failures} == {"InfrastructureError"}
     assert status.attempt == 15 and status.charged_failures == 0
+
+
+def test_an_edit_of_an_immutable_field_never_reaches_the_running_attempt() -> None:
+    """Got past admission (an older CRD): the attempt keeps its spec; runPolicy edits still apply."""
+    running = running_status()
+    built_from = json.dumps(spec().to_wire())
+    head = pod(HEAD, trainingjob_spec=built_from)
+    edited = TrainingJobSpec.model_validate(
+        {**spec().to_wire(), "image": "registry.example/other:2", "runPolicy": {"stallTimeoutSeconds": 600}}
+    )
+    result = plan(running, [head, pod(W0)], job_spec=edited)  # worker 1 is lost meanwhile
+    status, reason, message = cond(final(result), "SpecAccepted")
+    assert (status, reason) == ("False", "ImmutableFieldChanged")
+    assert "image" in message and "immutable" in message
+    assert [e.reason for e in result.events + result.events_after] == ["ImmutableFieldChanged", "WorkerRestarted"]
+    recreated = next(a.manifest for a in result.actions if isinstance(a, Create))
+    assert recreated["spec"]["containers"][0]["image"] == "image:test"  # built from the spec the run started with
+    env = {e["name"]: e.get("value") for e in recreated["spec"]["containers"][0]["env"]}
+    assert json.loads(env["MAAS_TRAININGJOB"]).get("image") is None
+    assert json.loads(env["MAAS_TRAININGJOB"])["runPolicy"]["stallTimeoutSeconds"] == 600
+
+    again = plan(final(result), [head, pod(W0), pod(W1)], job_spec=edited)
+    assert not [e for e in again.events if e.reason == "ImmutableFieldChanged"]  # one Event per refusal
+    reverted = plan(final(again), [head, pod(W0), pod(W1)])
+    assert cond(final(reverted), "SpecAccepted")[:2] == ("True", "Accepted")

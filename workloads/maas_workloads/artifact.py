@@ -26,7 +26,23 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from maas_workloads.contract import MANIFEST_FILE
 
 FORMAT_VERSION = 1
-Datatype = Literal["FP32", "FP16", "BF16", "FP64", "INT64", "INT32", "INT16", "INT8", "UINT8", "BOOL", "BYTES"]
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BF16",
+    "BYTES",
+]
+"""Every Open Inference Protocol tensor datatype (KServe's v2 protocol, "Tensor Data Types")."""
 TensorFormat = Literal["torchscript", "torch.export", "onnx"]
 CAUSAL_LM_FORMAT = "hf-causal-lm"
 LORA_ADAPTER_FORMAT = "peft-lora"

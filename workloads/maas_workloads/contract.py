@@ -141,6 +141,14 @@ ENV_ACCESS_LOG: Final = "MAAS_ACCESS_LOG"
 ENV_DRAIN_DELAY_SECONDS: Final = "MAAS_DRAIN_DELAY_SECONDS"
 """After SIGTERM, keep answering new requests this long while readiness already says 503,
 so that Service endpoints drop the pod before it stops listening."""
+ENV_MAX_HEADER_BYTES: Final = "MAAS_MAX_HEADER_BYTES"
+"""Largest request line plus headers; 431 above it (checked before the parser buffers more)."""
+ENV_HEADER_TIMEOUT_SECONDS: Final = "MAAS_HEADER_TIMEOUT_SECONDS"
+"""Deadline for a request's headers, from its first byte (or the connection's accept): 408 or close."""
+ENV_BODY_TIMEOUT_SECONDS: Final = "MAAS_BODY_TIMEOUT_SECONDS"
+"""Deadline for a request's body, from the end of its headers: 408."""
+ENV_KEEP_ALIVE_TIMEOUT_SECONDS: Final = "MAAS_KEEP_ALIVE_TIMEOUT_SECONDS"
+ENV_MAX_CONNECTIONS: Final = "MAAS_MAX_CONNECTIONS"
 ENV_MODEL_CACHE_DIR: Final = "MAAS_MODEL_CACHE_DIR"
 """Where an s3:// or https:// model is downloaded; mount an emptyDir at MODEL_CACHE_MOUNT."""
 ENV_THREADS: Final = "OMP_NUM_THREADS"
@@ -158,6 +166,41 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_DRAIN_SECONDS: Final = 30.0
 """Upper bound on the whole drain; terminationGracePeriodSeconds should exceed it."""
 DEFAULT_DRAIN_DELAY_SECONDS: Final = 2.0
+DEFAULT_MAX_HEADER_BYTES: Final = 32 * 1024
+"""Between Node.js's 16 KiB and Envoy's 60 KiB: room for long bearer tokens (JWTs) and tracing headers."""
+DEFAULT_HEADER_TIMEOUT_SECONDS: Final = 10.0
+DEFAULT_BODY_TIMEOUT_SECONDS: Final = 60.0
+"""nginx's client_body_timeout; here it bounds the whole body, not the gap between reads."""
+DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS: Final = 75.0
+"""Longer than common load balancers' idle timeouts (AWS ALB 60 s), so that they close first:
+a server closing an idle connection races with a client sending on it."""
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+
+# --- Causal language models (OpenAI API, vLLM's HTTP contract) ------------------------------
+# The built-in server speaks the OpenAI API when the artifact's manifest is `hf-causal-lm`;
+# the same routes, metrics and auth header as vLLM's OpenAI server, so either engine serves.
+LLM_HEALTH_PATH: Final = "/health"
+"""200 once the model is loaded and warmed up, 503 before and while draining (both engines)."""
+ENV_MAX_MODEL_LEN: Final = "MAAS_MAX_MODEL_LEN"
+ENV_MAX_NUM_SEQS: Final = "MAAS_MAX_NUM_SEQS"
+ENV_KV_CACHE_BYTES: Final = "MAAS_KV_CACHE_BYTES"
+ENV_BLOCK_SIZE: Final = "MAAS_BLOCK_SIZE"
+ENV_MAX_NUM_BATCHED_TOKENS: Final = "MAAS_MAX_NUM_BATCHED_TOKENS"
+ENV_DTYPE: Final = "MAAS_DTYPE"
+FETCH_COMMAND: Final = ("python", "-m", "maas_workloads.fetch")
+"""The init container of LLM pods: fetch and verify the model into the cache, then the engine starts."""
+ENV_FETCH_DESTINATION: Final = "MAAS_FETCH_DESTINATION"
+ENV_LORA_ADAPTERS: Final = "MAAS_LORA_ADAPTERS"
+"""JSON list of {name, uri, sha256}: adapters fetched to `<destination>-lora-<name>`."""
+DEFAULT_MAX_NUM_SEQS: Final = 32
+DEFAULT_KV_CACHE_BYTES: Final = 1 << 30
+"""1 GiB, as the vLLM CPU build's VLLM_CPU_KVCACHE_SPACE=1 that bounded it on a 2-core machine."""
+DEFAULT_BLOCK_SIZE: Final = 32
+DEFAULT_MAX_NUM_BATCHED_TOKENS: Final = 512
+METRIC_LLM_WAITING: Final = "vllm:num_requests_waiting"
+"""Requests waiting for a sequence slot: the autoscaling signal for LLMs (vLLM production stack: 5 per pod)."""
+METRIC_LLM_KV_CACHE_USAGE: Final = "vllm:kv_cache_usage_perc"
+"""Fraction (0..1) of the KV cache held by running sequences."""
 
 # --- LLM serving metrics -------------------------------------------------------------------
 # vLLM's OpenAI server exports these (label VLLM_MODEL_LABEL on each); every LLM engine a

@@ -31,6 +31,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
+{{- define "maas-operator.leaseName" -}}
+{{- default (include "maas-operator.fullname" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
+
+{{- define "maas-operator.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace -}}
+{{- end -}}
+
 {{/* What the operator does to the objects it manages, namespace by namespace. */}}
 {{- define "maas-operator.namespacedRules" -}}
 - apiGroups: ["maas.dev"]

@@ -17,6 +17,7 @@ from maas_operator.api.common import (
     conditions_schema_extra,
     preserve_unknown,
 )
+from maas_operator.api.llm import Engine, GenerationSpec, ModelCacheSpec, VllmSpec
 from maas_operator.api.names import max_name_length, name_rules
 from maas_operator.api.pods import Annotations, PodOptions, pod_rules
 from maas_operator.api.validation import DNS1035_LABEL, Rule, enforcer, full_match, int_or_string
@@ -114,8 +115,9 @@ class ModelSource(ApiModel):
         return self
 
 
-AutoscalingMetric = Literal["cpu", "inflight", "rps"]
-DEFAULT_TARGETS: dict[str, int] = {"cpu": 70, "inflight": 8, "rps": 100}
+AutoscalingMetric = Literal["cpu", "inflight", "rps", "waiting", "kvCache"]
+DEFAULT_TARGETS: dict[str, int] = {"cpu": 70, "inflight": 8, "rps": 100, "waiting": 5, "kvCache": 80}
+"""waiting: 5 requests per pod, the vLLM production stack's threshold; kvCache: 80 percent."""
 
 
 class AutoscalingSpec(ApiModel):
@@ -130,8 +132,9 @@ class AutoscalingSpec(ApiModel):
                     fieldPath=".minReplicas",
                 ),
                 cel(
-                    "!has(self.target) || self.metric != 'cpu' || self.target <= 100",
-                    "a cpu target is a utilization percentage: at most 100",
+                    "!has(self.target) || !has(self.metric) || !(self.metric in ['cpu', 'kvCache']) "
+                    "|| self.target <= 100",
+                    "a cpu or kvCache target is a percentage: at most 100",
                     fieldPath=".target",
                 ),
             ]
@@ -140,14 +143,18 @@ class AutoscalingSpec(ApiModel):
 
     min_replicas: int = Field(default=1, ge=1, le=1000)
     max_replicas: int = Field(ge=1, le=1000)
-    metric: AutoscalingMetric = "cpu"
+    metric: AutoscalingMetric | None = None
     """cpu: average CPU utilization of the requested CPU. inflight: requests in flight per pod
     (maas_inference_inflight_requests). rps: requests per second per pod
-    (maas_inference_requests_per_second). inflight and rps are Pods metrics and need a metrics
-    adapter such as prometheus-adapter (see README)."""
+    (maas_inference_requests_per_second). waiting: requests waiting for a sequence slot per pod
+    (vllm:num_requests_waiting, both LLM engines). kvCache: KV-cache usage in percent
+    (vllm:kv_cache_usage_perc). All but cpu are Pods metrics and need a metrics adapter such
+    as prometheus-adapter (see README). Default: waiting for LLMs (spec.generation or engine
+    vllm), cpu otherwise."""
     target: int | None = Field(default=None, ge=1, le=1_000_000)
     """Target per pod: a utilization percentage for cpu (default 70), requests in flight for
-    inflight (default 8), requests per second for rps (default 100)."""
+    inflight (default 8), requests per second for rps (default 100), waiting requests for
+    waiting (default 5), a usage percentage for kvCache (default 80)."""
     behavior: dict[str, Any] | None = Field(
         default=None,
         json_schema_extra=preserve_unknown("HorizontalPodAutoscalerBehavior: scaleUp/scaleDown policies, copied."),
@@ -159,13 +166,18 @@ class AutoscalingSpec(ApiModel):
             raise ValueError(
                 f"minReplicas ({self.min_replicas}) must be less than or equal to maxReplicas ({self.max_replicas})"
             )
-        if self.metric == "cpu" and self.target is not None and self.target > 100:
-            raise ValueError("a cpu target is a utilization percentage: at most 100")
+        if self.metric in ("cpu", "kvCache") and self.target is not None and self.target > 100:
+            raise ValueError("a cpu or kvCache target is a percentage: at most 100")
         return self
 
-    @property
-    def effective_target(self) -> int:
-        return self.target if self.target is not None else DEFAULT_TARGETS[self.metric]
+    def effective_metric(self, llm: bool) -> str:
+        """The metric scaled on: the one set, else the waiting queue for LLMs (never CPU), else cpu."""
+        if self.metric is not None:
+            return self.metric
+        return "waiting" if llm else "cpu"
+
+    def effective_target(self, llm: bool) -> int:
+        return self.target if self.target is not None else DEFAULT_TARGETS[self.effective_metric(llm)]
 
 
 class BatchingSpec(ApiModel):
@@ -266,10 +278,17 @@ class ModelServiceSpec(PodOptions):
                 fieldPath=".replicas",
             ),
             cel(
-                "!has(self.autoscaling) || self.autoscaling.metric != 'cpu' || "
+                "!has(self.autoscaling) || (has(self.autoscaling.metric) ? self.autoscaling.metric != 'cpu' : "
+                "(has(self.generation) || (has(self.engine) && self.engine == 'vllm'))) || "
                 "(has(self.resources) && has(self.resources.cpu))",
                 "autoscaling on cpu needs resources.cpu: utilization is measured against the request",
                 fieldPath=".autoscaling",
+            ),
+            cel(
+                "!has(self.generation) || !has(self.generation.loraAdapters) || "
+                "size(self.generation.loraAdapters) == 0 || (has(self.engine) && self.engine == 'vllm')",
+                "generation.loraAdapters needs engine: vllm (the builtin engine serves merged models)",
+                fieldPath=".generation.loraAdapters",
             ),
         )
     )
@@ -292,14 +311,40 @@ class ModelServiceSpec(PodOptions):
     """Defaults to maxUnavailable: 1 whenever more than one replica may run."""
     service: ServiceOptions = Field(default_factory=ServiceOptions)
     priority_class_name: ObjectName | None = None
+    engine: Engine | None = None
+    """builtin: our server (transformers' continuous batching for LLMs; CPU or CUDA). vllm: vLLM's
+    OpenAI server image, causal LMs only. Default: vllm for an LLM (spec.generation set) on GPUs,
+    builtin otherwise (every CPU ModelService, and every tensor model)."""
+    generation: GenerationSpec | None = None
+    """Set for a causal language model (OpenAI API); its limits map onto either engine."""
+    vllm: VllmSpec = Field(default_factory=VllmSpec)
+    model_cache: ModelCacheSpec = Field(default_factory=ModelCacheSpec)
+    """Where an LLM's model is fetched and verified before the engine starts."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelServiceSpec:
         if self.replicas is not None and self.autoscaling is not None:
             raise ValueError("set replicas or autoscaling, not both")
-        if self.autoscaling is not None and self.autoscaling.metric == "cpu" and self.resources.cpu is None:
+        if (
+            self.autoscaling is not None
+            and self.autoscaling.effective_metric(self.is_llm) == "cpu"
+            and self.resources.cpu is None
+        ):
             raise ValueError("autoscaling on cpu needs resources.cpu: utilization is measured against the request")
+        if self.generation is not None and self.generation.lora_adapters and self.engine != "vllm":
+            raise ValueError("generation.loraAdapters needs engine: vllm (the builtin engine serves merged models)")
         return self
+
+    @property
+    def is_llm(self) -> bool:
+        """A causal LM served over the OpenAI API (the operator cannot open the artifact to tell)."""
+        return self.generation is not None or self.engine == "vllm"
+
+    @property
+    def effective_engine(self) -> Engine:
+        if self.engine is not None:
+            return self.engine
+        return "vllm" if self.generation is not None and self.resources.gpu else "builtin"
 
     @property
     def fixed_replicas(self) -> int:

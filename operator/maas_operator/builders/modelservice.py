@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from maas_operator.api.modelservice import AutoscalingSpec, ModelServiceSpec, ServedModel
 from maas_operator.api.quantity import whole_cpus
+from maas_operator.builders import llm
 from maas_operator.builders.meta import Owner, child_labels, child_metadata, selector_labels
 from maas_operator.builders.pods import (
     CONTAINER_SECURITY_CONTEXT,
@@ -41,6 +42,10 @@ PROBE_PERIOD_SECONDS = 5
 INFLIGHT_METRIC = contract.METRIC_INFLIGHT_REQUESTS
 RPS_METRIC = "maas_inference_requests_per_second"
 """A per-pod rate the metrics adapter derives from maas_inference_requests_total (see README)."""
+WAITING_METRIC = "vllm_num_requests_waiting"
+KV_CACHE_METRIC = "vllm_kv_cache_usage_perc"
+"""vLLM's gauges as the custom metrics API names them: prometheus-adapter renames `vllm:` to
+`vllm_` (a colon cannot appear in that API's paths; see README for the rule)."""
 MODEL_CACHE = OperatorVolume({"name": "maas-model-cache", "emptyDir": {}}, contract.MODEL_CACHE_MOUNT)
 
 
@@ -214,6 +219,8 @@ def pod_template(
         **model_annotations(model),
     }
     labels = child_labels(owner, COMPONENT, {**spec.labels, LABEL_TRACK: track})
+    if spec.is_llm:
+        llm.serve_llm(owner, spec, model, pod_spec, uri, model_volumes, default_image)
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
 
 
@@ -282,26 +289,32 @@ def service(owner: Owner, spec: ModelServiceSpec) -> dict[str, Any]:
     )
 
 
-def _hpa_metric(autoscaling: AutoscalingSpec) -> dict[str, Any]:
-    target = autoscaling.effective_target
-    if autoscaling.metric == "cpu":
+def _hpa_metric(autoscaling: AutoscalingSpec, llm_service: bool) -> dict[str, Any]:
+    target = autoscaling.effective_target(llm_service)
+    metric = autoscaling.effective_metric(llm_service)
+    if metric == "cpu":
         return {
             "type": "Resource",
             "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target}},
         }
-    name = INFLIGHT_METRIC if autoscaling.metric == "inflight" else RPS_METRIC
+    names = {"inflight": INFLIGHT_METRIC, "rps": RPS_METRIC, "waiting": WAITING_METRIC, "kvCache": KV_CACHE_METRIC}
+    # vLLM's KV-cache gauge is a fraction (0..1): a target of 80 percent is 800m.
+    value = f"{target * 10}m" if metric == "kvCache" else str(target)
     return {
         "type": "Pods",
-        "pods": {"metric": {"name": name}, "target": {"type": "AverageValue", "averageValue": str(target)}},
+        "pods": {"metric": {"name": names[metric]}, "target": {"type": "AverageValue", "averageValue": value}},
     }
 
 
-def horizontal_pod_autoscaler(owner: Owner, autoscaling: AutoscalingSpec) -> dict[str, Any]:
+def horizontal_pod_autoscaler(
+    owner: Owner, autoscaling: AutoscalingSpec, *, llm_service: bool = False
+) -> dict[str, Any]:
+    """`llm_service`: the ModelService serves a causal LM, whose default metric is the waiting queue."""
     body: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name(owner, "stable")},
         "minReplicas": autoscaling.min_replicas,
         "maxReplicas": autoscaling.max_replicas,
-        "metrics": [_hpa_metric(autoscaling)],
+        "metrics": [_hpa_metric(autoscaling, llm_service)],
     }
     if autoscaling.behavior:
         body["behavior"] = dict(autoscaling.behavior)

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from maas_operator import metrics
 from maas_operator.builders.events import event
 from maas_operator.builders.meta import Owner
-from maas_operator.kube.client import KubeClient, KubeError
+from maas_operator.kube.client import KubeClient, KubeError, NotLeaderError
 from maas_operator.status.plan import Event, rfc3339
 
 INSTANCE = os.environ.get("HOSTNAME", "maas-operator")
@@ -37,6 +37,8 @@ Queued = tuple[Owner, Event, str]
 
 
 class EventRecorder:
+    """`senders` tasks post the Events `post` queues, at most `backlog` waiting (see the module docstring)."""
+
     def __init__(self, kube: KubeClient, senders: int = SENDERS, backlog: int = BACKLOG) -> None:
         self._kube = kube
         self._queues: list[asyncio.Queue[Queued]] = [asyncio.Queue(max(1, backlog // senders)) for _ in range(senders)]
@@ -75,6 +77,8 @@ class EventRecorder:
             manifest = event(owner, notice.type, notice.reason, notice.message, stamp, uuid.uuid4().hex[:16], INSTANCE)
             try:
                 await self._kube.create(manifest)
+            except NotLeaderError:  # leadership lost since it was queued: the new leader reports anew
+                log.debug("not posting Event %s for %s: not the leader", notice.reason, owner.name)
             except KubeError as error:  # Events help humans; losing one must not stop anything
                 metrics.API_ERRORS.labels(status=str(error.status)).inc()
                 log.warning("could not post Event %s for %s: %s", notice.reason, owner.name, error)

@@ -81,23 +81,38 @@ class Runtime:
     phases: dict[str, tuple[str, str]] = field(default_factory=dict)
     """(kind, phase) of every object by uid."""
     phase_counts: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    leading: bool = True
+    """Reconciles run: always without leader election; with it, while this replica leads (leadership.py)."""
+    listed: bool = field(default=False, init=False)
+    """Every index is populated (an event handler ran)."""
 
     def __post_init__(self) -> None:
-        self.queue = WorkQueue(self._dispatch, self.config.workers, lane=lambda key: key[0])
+        self.queue = self._new_queue()
         self.events = EventRecorder(self.kube)
+
+    def _new_queue(self) -> WorkQueue[ObjectKey]:
+        """`config.workers` reconciles at once, one lane per kind (fair between kinds)."""
+        return WorkQueue(self._dispatch, self.config.workers, lane=lambda key: key[0])
 
     @classmethod
     async def start(
-        cls, config: OperatorConfig, reconcilers: dict[str, Reconciler], indices: Mapping[str, Any]
+        cls,
+        config: OperatorConfig,
+        reconcilers: dict[str, Reconciler],
+        indices: Mapping[str, Any],
+        may_write: Callable[[], bool] | None = None,
     ) -> Runtime:
-        """`indices`: kopf's indices by id (passed to startup handlers, populated once kopf has listed)."""
+        """`indices`: kopf's indices by id (passed to startup handlers, populated once kopf has listed).
+        `may_write`: with leader election, whether this replica leads now; reconciles then wait for
+        `start_leading()`, and every write is refused (NotLeaderError) while it returns False."""
         timeout = aiohttp.ClientTimeout(total=config.progress_timeout_seconds)
         return cls(
             config=config,
-            kube=await KubeClient.connect(),
+            kube=await KubeClient.connect(may_write),
             http=aiohttp.ClientSession(timeout=timeout),
             reconcilers=reconcilers,
             watched=Watched(indices),
+            leading=may_write is None,
         )
 
     async def stop(self) -> None:
@@ -108,8 +123,33 @@ class Runtime:
 
     def synced(self) -> None:
         """Called by every event handler: kopf runs them only once every index is populated."""
-        self.queue.start()
+        self.listed = True
         self.events.start()
+        if self.leading:
+            self.queue.start()
+
+    # --- leadership (handlers/leadership.py) ---------------------------------------------
+    def start_leading(self) -> None:
+        """A new term: forget what earlier terms remembered (another replica may have written
+        since: cached status and expected writes are stale), then reconcile every object, each
+        as new to this process."""
+        self.objects.clear()
+        self._clear_phases()
+        self.leading = True
+        for key in self.keys():
+            self.queue.add(key, priority=Priority.NEW)
+        if self.listed:
+            self.queue.start()
+
+    async def stop_leading(self) -> None:
+        """Cancel every reconcile and wait until none runs; the watches go on. Keys queued from now
+        on wait in a fresh queue for the next term (which reconciles everything anyway)."""
+        self.leading = False
+        stopped, self.queue = self.queue, self._new_queue()
+        await stopped.stop()
+        self._clear_phases()
+
+    # --------------------------------------------------------------------------------------
 
     async def _dispatch(self, key: ObjectKey) -> None:
         await self.reconcilers[key[0]](self, key)
@@ -212,6 +252,11 @@ class Runtime:
             self.phases[uid] = phase
             self._count_phase(before, phase)
         return bool(patch)
+
+    def _clear_phases(self) -> None:
+        self.phases.clear()
+        self.phase_counts.clear()
+        metrics.OBJECTS_BY_PHASE.clear()
 
     def _count_phase(self, before: tuple[str, str] | None, after: tuple[str, str] | None) -> None:
         """Move one object between the counts of maas_objects{kind,phase} (a label set at 0 is removed)."""

@@ -18,6 +18,7 @@ import os
 import ssl
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,7 @@ RESOURCE_TYPES: dict[str, ResourceType] = {
     "NetworkPolicy": ResourceType("networking.k8s.io/v1", "networkpolicies"),
     "TrainingJob": ResourceType("maas.dev/v1alpha1", "trainingjobs"),
     "ModelService": ResourceType("maas.dev/v1alpha1", "modelservices"),
+    "Lease": ResourceType("coordination.k8s.io/v1", "leases"),
 }
 
 
@@ -74,6 +76,10 @@ class KubeError(Exception):
         self.message = message
 
 
+class NotLeaderError(Exception):
+    """A write refused before it was sent: this replica does not hold the leader Lease (any more)."""
+
+
 def resource_type(kind: str) -> ResourceType:
     try:
         return RESOURCE_TYPES[kind]
@@ -82,20 +88,37 @@ def resource_type(kind: str) -> ResourceType:
 
 
 class KubeClient:
-    def __init__(self, configuration: client.Configuration, session: aiohttp.ClientSession, proxy: str | None) -> None:
+    """`may_write`: asked before every request that is not a GET; False raises NotLeaderError instead
+    of sending it (leader election: only the leader writes, and only until its lease deadline)."""
+
+    def __init__(
+        self,
+        configuration: client.Configuration,
+        session: aiohttp.ClientSession,
+        proxy: str | None,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
         self._configuration = configuration
         self._session = session
         self._proxy = proxy
         self._host = str(configuration.host).rstrip("/")
+        self._may_write = may_write
 
     @classmethod
-    async def connect(cls) -> KubeClient:
+    async def connect(cls, may_write: Callable[[], bool] | None = None) -> KubeClient:
         """In a pod: the service account. Elsewhere: $KUBECONFIG or ~/.kube/config."""
         configuration = client.Configuration()
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
             await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+        return cls.from_configuration(configuration, may_write)
+
+    @classmethod
+    def from_configuration(
+        cls, configuration: client.Configuration, may_write: Callable[[], bool] | None = None
+    ) -> KubeClient:
+        """A client for the API server and credentials of a loaded kubernetes_asyncio configuration."""
         connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=_ssl_context(configuration))
         session = aiohttp.ClientSession(
             connector=connector,
@@ -103,7 +126,8 @@ class KubeClient:
             trust_env=False,
             read_bufsize=2**21,  # objects up to etcd's 1.5 MiB request limit
         )
-        return cls(configuration, session, configuration.proxy or _environment_proxy(str(configuration.host)))
+        proxy = configuration.proxy or _environment_proxy(str(configuration.host))
+        return cls(configuration, session, proxy, may_write)
 
     async def close(self) -> None:
         await self._session.close()
@@ -124,7 +148,10 @@ class KubeClient:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
-        """The decoded answer. Raises KubeError for an answer other than 2xx, or none (status 0)."""
+        """The decoded answer. Raises KubeError for an answer other than 2xx, or none (status 0), and
+        NotLeaderError, before sending, for a write `may_write` forbids."""
+        if method != "GET" and self._may_write is not None and not self._may_write():
+            raise NotLeaderError(f"{method} {path}: this replica is not the leader")
         headers = await self._headers(content_type)
         options: dict[str, Any] = {"params": query or [], "headers": headers, "proxy": self._proxy}
         if body is not None:
@@ -166,6 +193,13 @@ class KubeClient:
         path = resource_type(manifest["kind"]).path(metadata["namespace"], metadata["name"])
         query = [("fieldManager", field_manager), ("force", "true")]
         return await self._call("PATCH", path, manifest, "application/apply-patch+yaml", query)
+
+    async def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """PUT: the object becomes exactly `manifest`. With metadata.resourceVersion set, the API
+        server refuses it (KubeError 409 Conflict) when the object changed since that version."""
+        metadata = manifest["metadata"]
+        path = resource_type(manifest["kind"]).path(metadata["namespace"], metadata["name"])
+        return await self._call("PUT", path, manifest, query=[("fieldManager", FIELD_MANAGER)])
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist. `namespace` is ignored for cluster-scoped kinds."""

@@ -249,7 +249,9 @@ class _Planner(ServicePlanner):
         else:
             self.sync(observed, stable)
         self.sync(self.children.service, build.service(self.owner, spec))
-        autoscaler = build.horizontal_pod_autoscaler(self.owner, autoscaling) if autoscaling else None
+        autoscaler = (
+            build.horizontal_pod_autoscaler(self.owner, autoscaling, llm_service=spec.is_llm) if autoscaling else None
+        )
         self.sync_optional(self.children.autoscaler, autoscaler, "autoscaling/v2", "HorizontalPodAutoscaler")
         budget = build.pod_disruption_budget(self.owner, spec)
         self.sync_optional(self.children.disruption_budget, budget, "policy/v1", "PodDisruptionBudget")

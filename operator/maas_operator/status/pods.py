@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from maas_operator.builders.meta import LABEL_ATTEMPT, LABEL_ROLE, LABEL_WORKER_INDEX
+from maas_operator.builders.trainingjob import HEAD
+from maas_workloads.contract import ENV_TRAININGJOB
 
 # Pod-level reasons the kubelet or control plane sets when the platform, not the workload, ended a pod.
 PLATFORM_POD_REASONS = frozenset(
@@ -59,6 +61,9 @@ class PodView:
     """metadata.deletionTimestamp: the time by which a graceful deletion should be over."""
     grace_seconds: int = DEFAULT_GRACE_SECONDS
     """The deletion's grace period (metadata.deletionGracePeriodSeconds, else the pod's own)."""
+    trainingjob_spec: str | None = None
+    """A TrainingJob head's MAAS_TRAININGJOB: the spec (JSON) its attempt was built from. Heads only,
+    so the operator keeps one copy per job."""
 
     @property
     def terminal(self) -> bool:
@@ -125,7 +130,14 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         node=spec.get("nodeName") or None,
         deletion_timestamp=metadata.get("deletionTimestamp"),
         grace_seconds=DEFAULT_GRACE_SECONDS if grace is None else grace,
+        trainingjob_spec=_env(spec, ENV_TRAININGJOB) if labels.get(LABEL_ROLE) == HEAD else None,
     )
+
+
+def _env(pod_spec: dict[str, Any], name: str) -> str | None:
+    """A literal env value of the pod's first container."""
+    containers = pod_spec.get("containers") or [{}]
+    return next((e.get("value") for e in containers[0].get("env") or [] if e.get("name") == name), None)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,17 @@ be unit-tested by building inputs by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 from maas_operator.api import conditions
-from maas_operator.api.trainingjob import ProgressStatus, TrainingJobStatus, WorkersStatus
+from maas_operator.api.trainingjob import (
+    ProgressStatus,
+    TrainingJobSpec,
+    TrainingJobStatus,
+    WorkersStatus,
+    immutable_changes,
+)
 from maas_operator.builders import trainingjob as build
 from maas_operator.status.attempts import (
     HeadFailure,
@@ -28,6 +35,7 @@ from maas_operator.status.trainingjob_outcome import (
     FAILED,
     RESTARTING,
     RUNNING,
+    SPEC_ACCEPTED,
     STALLED,
     SUCCEEDED,
     SUSPENDED,
@@ -42,6 +50,7 @@ __all__ = [
     "FAILED",
     "RESTARTING",
     "RUNNING",
+    "SPEC_ACCEPTED",
     "STALLED",
     "SUCCEEDED",
     "SUSPENDED",
@@ -77,6 +86,7 @@ class _Planner(OutcomePlanner):
             return self.result()
         if self.harvest():
             return self.result()
+        self.hold_immutable_fields()
         if self.spec.run_policy.suspend:
             self.suspend()
             return self.result()
@@ -123,6 +133,28 @@ class _Planner(OutcomePlanner):
             return False
         self.succeed(head)
         return True
+
+    def hold_immutable_fields(self) -> None:
+        """An edit of an immutable field never reaches a running attempt.
+
+        The CRD's transition rules refuse such edits at admission; this holds back one that got
+        past them (a CRD from before the rule, or one installed without it): while the attempt's
+        head exists, the run goes on with the spec it was built from — runPolicy edits included,
+        since runPolicy may change — and `SpecAccepted=False` names each refused field with the
+        CRD's own message.
+        """
+        head = next((pod for pod in self.pods if pod.role == build.HEAD and pod.trainingjob_spec), None)
+        accepted = _parse_spec(head.trainingjob_spec) if head is not None else None
+        changes = immutable_changes(accepted, self.spec) if accepted is not None else []
+        held = conditions.find(self.status.conditions, SPEC_ACCEPTED)
+        if accepted is not None and changes:
+            message = f"{'; '.join(changes)}: the running attempt goes on with the spec it started with"
+            if self.condition(SPEC_ACCEPTED, "False", "ImmutableFieldChanged", message):
+                self.event("ImmutableFieldChanged", message, warning=True)
+            effective = accepted.model_copy(update={"run_policy": self.spec.run_policy})
+            self.job = dataclasses.replace(self.job, spec=effective)
+        elif held is not None and held.status == "False":
+            self.condition(SPEC_ACCEPTED, "True", "Accepted", "the immutable fields are those the run started with")
 
     def start_run(self) -> None:
         self.update(
@@ -375,3 +407,13 @@ class _Planner(OutcomePlanner):
                 self.event("Stalled", message, warning=True)
         else:
             self.condition(STALLED, "False", "Heartbeat", "the head reports progress")
+
+
+def _parse_spec(text: str | None) -> TrainingJobSpec | None:
+    """The spec a head pod carries; None when absent or unreadable (a pod of an older operator)."""
+    if not text:
+        return None
+    try:
+        return TrainingJobSpec.model_validate_json(text)
+    except ValueError:
+        return None

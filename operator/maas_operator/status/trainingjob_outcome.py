@@ -42,6 +42,8 @@ SUSPENDED = "Suspended"
 STALLED = "Stalled"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
+SPEC_ACCEPTED = "SpecAccepted"
+"""False while an edit of an immutable field is held back from the running attempt."""
 CHILD_REJECTED = "ChildRejected"
 """Reason of a condition when the API server refused to create or delete a child."""
 TERMINAL_PHASES: frozenset[Phase] = frozenset({"Succeeded", "Failed"})

@@ -43,6 +43,60 @@ class Slow(torch.nn.Module):
         return y[:, :4]
 
 
+ECHO_INPUTS = {
+    "b": "BOOL",
+    "u8": "UINT8",
+    "u16": "UINT16",
+    "u32": "UINT32",
+    "u64": "UINT64",
+    "i8": "INT8",
+    "i16": "INT16",
+    "i32": "INT32",
+    "i64": "INT64",
+    "f16": "FP16",
+    "f32": "FP32",
+    "f64": "FP64",
+    "bf16": "BF16",
+}
+"""The echo model's inputs, one per datatype a torch model can take; output `<name>_out` returns each."""
+
+
+class Echo(torch.nn.Module):
+    """Returns every input unchanged, so a test sees exactly what the server handed the model."""
+
+    def forward(
+        self,
+        b: torch.Tensor,
+        u8: torch.Tensor,
+        u16: torch.Tensor,
+        u32: torch.Tensor,
+        u64: torch.Tensor,
+        i8: torch.Tensor,
+        i16: torch.Tensor,
+        i32: torch.Tensor,
+        i64: torch.Tensor,
+        f16: torch.Tensor,
+        f32: torch.Tensor,
+        f64: torch.Tensor,
+        bf16: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        return {
+            "b_out": b,
+            "u8_out": u8,
+            "u16_out": u16,
+            "u32_out": u32,
+            "u64_out": u64,
+            "i8_out": i8,
+            "i16_out": i16,
+            "i32_out": i32,
+            "i64_out": i64,
+            "f16_out": f16,
+            "f32_out": f32,
+            "f64_out": f64,
+            "bf16_out": bf16,
+        }
+
+
 def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
     digits = load_digits()
     return torch.tensor(digits.data, dtype=torch.float32), torch.tensor(digits.target)
@@ -119,4 +173,13 @@ def slow_artifact(directory: pathlib.Path, iterations: int = 1500) -> str:
         Slow(iterations),
         [TensorSpec(name="x", datatype="FP32", shape=[-1, 4])],
         [TensorSpec(name="y", datatype="FP32", shape=[-1, 4])],
+    )
+
+
+def echo_artifact(directory: pathlib.Path) -> str:
+    return publish(
+        directory,
+        Echo(),
+        [TensorSpec(name=name, datatype=datatype, shape=[-1, 2]) for name, datatype in ECHO_INPUTS.items()],
+        [TensorSpec(name=f"{name}_out", datatype=datatype, shape=[-1, 2]) for name, datatype in ECHO_INPUTS.items()],
     )

@@ -121,6 +121,13 @@ def slow_dir(artifact_root: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def echo_dir(artifact_root: pathlib.Path) -> pathlib.Path:
+    directory = artifact_root / "echo"
+    artifacts.echo_artifact(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def digits_server(digits_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(str(digits_dir), tmp_path_factory.mktemp("logs") / "digits.log", {"MAAS_MAX_DELAY_MS": "5"})
     try:

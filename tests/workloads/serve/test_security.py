@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from tests.workloads.serve import raw
 from tests.workloads.serve.conftest import Server
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,40 @@ def test_bearer_token_from_file(digits_dir: pathlib.Path, tmp_path: pathlib.Path
         assert result.as_numpy("logits").shape == (1, 10)
         with pytest.raises(triton.InferenceServerException):
             client.infer("digits", [tensor])
+    finally:
+        server.stop()
+    assert TOKEN not in server.log()
+
+
+def test_authentication_comes_before_any_work(digits_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """An unauthenticated client makes the server read, buffer and count nothing of its body."""
+    server = Server(str(digits_dir), tmp_path / "auth-first.log", {"MAAS_AUTH_TOKEN": TOKEN})
+    try:
+        server.wait_ready()
+        huge = {"Content-Length": str(100 << 20), "Content-Type": "application/json"}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Expect": "100-continue"}):
+            with raw.connect(server.port) as connection:
+                connection.sendall(raw.head("POST", "/v2/models/digits/infer", {**huge, **headers}))
+                refused = raw.read_response(connection)  # the body was never sent
+                assert refused is not None and refused.status == 401, headers
+                assert refused.headers["connection"] == "close"
+                assert raw.read_response(connection) is None
+        repeated = raw.head("GET", "/metrics", {"Authorization": f"Bearer {TOKEN}"})
+        repeated = repeated.replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        with raw.connect(server.port) as connection:
+            connection.sendall(repeated)
+            answer = raw.read_response(connection)
+            assert answer is not None and answer.status == 400
+            assert "authorization header appears more than once" in answer.body.decode()
+        with raw.connect(server.port) as connection:  # authenticated, but larger than the limit
+            connection.sendall(
+                raw.head("POST", "/v2/models/digits/infer", {**huge, "Authorization": f"Bearer {TOKEN}"})
+            )
+            too_big = raw.read_response(connection)
+            assert too_big is not None and too_big.status == 413
+            assert too_big.headers["connection"] == "close"
+        metrics = httpx.get(f"{server.url}/metrics", headers={"authorization": f"Bearer {TOKEN}"}, timeout=10).text
+        assert 'maas_inference_requests_total{code="401"' not in metrics  # never reached the model's route
     finally:
         server.stop()
     assert TOKEN not in server.log()

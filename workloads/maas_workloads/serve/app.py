@@ -1,7 +1,10 @@
-"""The ASGI application: routing, authentication, limits, errors, metrics and access logs.
+"""The ASGI application of the tensor-model server: routing, OIP and v1 inference, errors, metrics.
 
-Hand-written rather than on a framework: the hot path (read body, decode, queue, encode)
-does no more work than the protocol needs, which is most of the per-request cost here.
+It runs behind the shared HTTP layer (`serve.http`), which has already authenticated the
+request and read its whole body within the limits when `App` is called.
+
+Hand-written rather than on a framework: the hot path (decode, queue, encode) does no more
+work than the protocol needs, which is most of the per-request cost here.
 """
 
 from __future__ import annotations
@@ -9,41 +12,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
 from maas_workloads.serve import oip, openapi, v1
-from maas_workloads.serve.auth import BearerAuth
 from maas_workloads.serve.errors import (
     BadRequestError,
     MethodNotAllowedError,
     NotFoundError,
-    PayloadTooLargeError,
     ServeError,
-    UnauthorizedError,
     UnavailableError,
-    UnsupportedMediaTypeError,
 )
-from maas_workloads.serve.logs import AccessLog
+from maas_workloads.serve.http.front import HeaderError, Receive, Scope, Send, headers_of, read_body
 from maas_workloads.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from maas_workloads.serve.metrics import Metrics
 from maas_workloads.serve.model import LoadedModel
 from maas_workloads.serve.settings import Settings
 from maas_workloads.serve.state import ModelState
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 SERVER_NAME: Final = "maas-inference-server"
 EXTENSIONS: Final = ["binary_tensor_data", "classification"]
-_PUBLIC_PATHS: Final = frozenset({"/v2/health/live", "/v2/health/ready"})
+PUBLIC_PATHS: Final = frozenset({"/v2/health/live", "/v2/health/ready"})
+"""Served without the bearer token: the probes' paths."""
+_HEADER_LENGTH_NAME: Final = oip.HEADER_LENGTH.encode()
+_HEADER_LENGTH: Final = frozenset({_HEADER_LENGTH_NAME})
 _JSON: Final = b"application/json"
 _OCTET: Final = b"application/octet-stream"
 _PLATFORMS: Final = {"torchscript": "pytorch_torchscript", "torch.export": "pytorch_export", "onnx": "onnxruntime_onnx"}
@@ -74,7 +70,7 @@ def json_response(document: object, status: int = 200) -> Response:
 class _Request:
     method: str
     path: str
-    headers: dict[bytes, bytes]
+    scope: Scope
     receive: Receive
     protocol: str | None = None
     """v1 or v2 on inference requests, which metrics count."""
@@ -86,11 +82,8 @@ class App:
         self.metrics = metrics
         self.model_metrics = metrics.for_model(settings.model_name)
         self.state = ModelState(settings, self.model_metrics)
-        self._auth = BearerAuth(settings.auth_token) if settings.auth_token else None
         self._loading: asyncio.Task[None] | None = None
         self._version = _version()
-        self._access_log = AccessLog() if settings.access_log else None
-        self._access_log_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -105,29 +98,18 @@ class App:
                 # Loading runs in the background: the port answers liveness (and 503 readiness) meanwhile.
                 loop = asyncio.get_running_loop()
                 self._loading = loop.create_task(self.state.load(), name="load-model")
-                if self._access_log is not None:
-                    self._access_log_task = loop.create_task(self._access_log.run(), name="access-log")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._loading is not None and not self._loading.done():
                     self._loading.cancel()
                 await self.state.close()
-                if self._access_log_task is not None:
-                    self._access_log_task.cancel()
-                    await asyncio.gather(self._access_log_task, return_exceptions=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request = _Request(scope["method"], scope["path"], dict(scope["headers"]), receive)
+        request = _Request(scope["method"], scope["path"], scope, receive)
         try:
-            if (
-                self._auth is not None
-                and request.path not in _PUBLIC_PATHS
-                and not self._auth.allows(request.headers.get(b"authorization"))
-            ):
-                raise UnauthorizedError()
             response = await self._route(request)
         except ServeError as error:
             response = Response(
@@ -142,21 +124,8 @@ class App:
         headers.extend(response.headers)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
-        seconds = time.perf_counter() - started
         if request.protocol is not None:
-            self.model_metrics.observe_request(request.protocol, response.status, seconds)
-        if self._access_log is not None:
-            client = scope.get("client")
-            self._access_log.record(
-                {
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "response_bytes": len(response.body),
-                    "client": client[0] if client else None,
-                }
-            )
+            self.model_metrics.observe_request(request.protocol, response.status, time.perf_counter() - started)
 
     async def _route(self, request: _Request) -> Response:
         path, method = request.path, request.method
@@ -197,7 +166,7 @@ class App:
             model_version=self.settings.model_version,
             inputs=model.inputs if model else [],
             outputs=model.outputs if model else [],
-            auth=self._auth is not None,
+            auth=self.settings.http.auth_token is not None,
         )
         return json_response(document)
 
@@ -269,8 +238,12 @@ class App:
     async def _infer(self, request: _Request) -> Response:
         with _Inflight(self.state):
             model = self._loaded()
-            body = await self._read_body(request)
-            length = oip.header_length(_header(request, b"inference-header-content-length"), len(body))
+            body = await read_body(request.receive)
+            try:
+                declared = headers_of(request.scope, _HEADER_LENGTH).get(_HEADER_LENGTH_NAME)
+            except HeaderError as error:
+                raise BadRequestError(str(error)) from None
+            length = oip.header_length(None if declared is None else declared.decode("latin-1"), len(body))
             inference = oip.decode_request(body, length, model.inputs, model.outputs)
             outputs = await self._run(inference.inputs, inference.rows, inference.timeout_seconds)
             content, json_length = oip.encode_response(
@@ -288,7 +261,7 @@ class App:
     async def _predict_v1(self, request: _Request) -> Response:
         with _Inflight(self.state):
             model = self._loaded()
-            body = await self._read_body(request)
+            body = await read_body(request.receive)
             inputs, rows = v1.decode_request(body, model.inputs)
             outputs = await self._run(inputs, rows, None)
             return Response(200, v1.encode_response(outputs, model.outputs))
@@ -304,29 +277,13 @@ class App:
         deadline = default if deadline_seconds is None else min(deadline_seconds, default)
         return await batcher.submit(inputs, rows, deadline)
 
-    async def _read_body(self, request: _Request) -> bytes:
-        limit = self.settings.max_request_bytes
-        declared = _header(request, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError(f"the body has {declared} bytes; this server takes at most {limit}")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequestError("the client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"the body has more than {limit} bytes, this server's limit")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                return _decompress(body, _header(request, b"content-encoding"), limit)
-
 
 class _Inflight:
-    """Counts an inference request from arrival to answer, for the batcher and the gauge."""
+    """Counts an inference request from its complete arrival to its answer, for the batcher and the gauge.
+
+    The HTTP layer calls the application only once the whole body is in, so a slow or stalled
+    upload is never counted (`maas_inference_inflight_requests` is an autoscaling signal).
+    """
 
     def __init__(self, state: ModelState) -> None:
         self._state = state
@@ -340,33 +297,6 @@ class _Inflight:
         self._state.metrics.inflight.dec()
 
 
-# zlib window bits: gzip framing, and zlib framing (what "deflate" means in HTTP).
-_ENCODINGS: Final = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
-
-def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The body without its Content-Encoding (Triton's clients can gzip or deflate requests)."""
-    if encoding is None or encoding.strip().lower() in ("", "identity"):
-        return body
-    bits = _ENCODINGS.get(encoding.strip().lower())
-    if bits is None:
-        raise UnsupportedMediaTypeError(f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
-    decompressor = zlib.decompressobj(bits)
-    try:
-        # Bounded, so that a small compressed body cannot expand past the limit.
-        data = decompressor.decompress(body, limit + 1)
-    except zlib.error as error:
-        raise BadRequestError(f"the body is not valid {encoding} data: {error}") from None
-    if len(data) > limit or decompressor.unconsumed_tail:
-        raise PayloadTooLargeError(f"the body decompresses to more than {limit} bytes, this server's limit")
-    return data
-
-
 def _allow(method: str, path: str, allowed: str) -> None:
     if method != allowed and not (allowed == "GET" and method == "HEAD"):
         raise MethodNotAllowedError(method, path, (allowed,))
-
-
-def _header(request: _Request, name: bytes) -> str | None:
-    value = request.headers.get(name)
-    return None if value is None else value.decode("latin-1")

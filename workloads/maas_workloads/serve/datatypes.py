@@ -1,11 +1,13 @@
-"""Open Inference Protocol datatypes and their numpy/torch counterparts.
+"""Open Inference Protocol datatypes, their numpy/torch counterparts, and the binary encoding.
 
 Tensors travel through the server as numpy arrays: BYTES as object arrays of `bytes`, BF16
-(which numpy lacks) as float32 holding exactly representable values.
+(which numpy lacks) as float32 holding exactly representable values. The binary tensor data
+extension carries every value exactly; the JSON encoding, and what it refuses, is `jsoncodec`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 import numpy as np
@@ -33,6 +35,9 @@ DATATYPES: Final = frozenset(NUMPY_DTYPES)
 TORCH_DTYPES: Final[dict[str, torch.dtype]] = {
     "BOOL": torch.bool,
     "UINT8": torch.uint8,
+    "UINT16": torch.uint16,
+    "UINT32": torch.uint32,
+    "UINT64": torch.uint64,
     "INT8": torch.int8,
     "INT16": torch.int16,
     "INT32": torch.int32,
@@ -42,7 +47,6 @@ TORCH_DTYPES: Final[dict[str, torch.dtype]] = {
     "FP32": torch.float32,
     "FP64": torch.float64,
 }
-_FROM_TORCH: Final = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 
 # Little-endian on the wire, as the binary tensor data extension specifies.
 _WIRE_DTYPES: Final[dict[str, np.dtype[np.generic]]] = {
@@ -60,70 +64,9 @@ def element_size(datatype: str) -> int | None:
     return _WIRE_DTYPES[datatype].itemsize
 
 
-def datatype_of_torch(dtype: torch.dtype) -> str:
-    try:
-        return _FROM_TORCH[dtype]
-    except KeyError:
-        raise ValueError(f"torch dtype {dtype} has no Open Inference Protocol datatype") from None
-
-
-def from_json_data(data: object, datatype: str, shape: list[int], *, name: str) -> npt.NDArray[np.generic]:
-    """A tensor from the JSON `data` field (flat or nested, row-major) for a validated shape."""
-    count = int(np.prod(shape, dtype=np.int64))
-    try:
-        if datatype == "BYTES":
-            flat = np.empty(count, dtype=np.object_)
-            values = list(_flatten(data))
-            if len(values) != count:
-                raise ValueError(f"{len(values)} elements for shape {shape}")
-            for index, value in enumerate(values):
-                if isinstance(value, str):
-                    flat[index] = value.encode()
-                elif isinstance(value, bytes):
-                    flat[index] = value
-                else:
-                    raise ValueError(f"element {index} is {type(value).__name__}, not a string")
-            return flat.reshape(shape)
-        array = _numeric(np.asarray(data), datatype)
-    except (ValueError, TypeError, OverflowError) as error:
-        raise ValueError(f"input {name!r}: data does not hold {datatype} values for shape {shape}: {error}") from None
-    if array.size != count:
-        raise ValueError(f"input {name!r}: data has {array.size} elements, shape {shape} needs {count}")
-    return array.reshape(shape)
-
-
-_ACCEPTED_KINDS: Final = {"BOOL": "b", "FP16": "fiu", "BF16": "fiu", "FP32": "fiu", "FP64": "fiu"}
-
-
-def _numeric(raw: npt.NDArray[np.generic], datatype: str) -> npt.NDArray[np.generic]:
-    """JSON numbers as the datatype, refusing values it cannot hold instead of truncating them."""
-    target = NUMPY_DTYPES[datatype]
-    accepted = _ACCEPTED_KINDS.get(datatype, "iu")
-    if raw.size and raw.dtype.kind not in accepted:
-        raise ValueError(f"got {raw.dtype.kind!r} values ({raw.dtype})")
-    if raw.size and target.kind in "iu":
-        limits = np.iinfo(target)  # type: ignore[type-var]
-        if raw.min() < limits.min or raw.max() > limits.max:
-            raise ValueError(f"values out of range [{limits.min}, {limits.max}]")
-    try:
-        with np.errstate(over="raise", invalid="raise"):
-            return raw.astype(target, copy=False)
-    except FloatingPointError:
-        raise ValueError(f"values out of the range of {datatype}") from None
-
-
-def _flatten(data: object) -> list[object]:
-    if not isinstance(data, list):
-        return [data]
-    flat: list[object] = []
-    for item in data:
-        flat.extend(_flatten(item))
-    return flat
-
-
 def from_bytes(raw: bytes | memoryview, datatype: str, shape: list[int], *, name: str) -> npt.NDArray[np.generic]:
-    """A tensor from its binary tensor data extension encoding."""
-    count = int(np.prod(shape, dtype=np.int64))
+    """A tensor from its binary tensor data extension encoding; ValueError when the size does not fit."""
+    count = math.prod(shape)
     if datatype == "BYTES":
         return _bytes_elements(raw, count, name=name).reshape(shape)
     size = element_size(datatype)
@@ -172,30 +115,3 @@ def to_bytes(array: npt.NDArray[np.generic], datatype: str) -> bytes:
         bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32) >> 16
         return bits.astype(_BF16_WIRE).tobytes()
     return np.ascontiguousarray(array, dtype=_WIRE_DTYPES[datatype]).tobytes()
-
-
-def to_json_data(array: npt.NDArray[np.generic], datatype: str) -> object:
-    """The flat, row-major JSON `data` of a tensor (numpy arrays are serialised by orjson)."""
-    if datatype == "BYTES":
-        return [_text(element) for element in array.ravel()]
-    flat = np.ascontiguousarray(array).ravel()
-    if flat.dtype == np.float16:
-        # orjson serialises float16 arrays, but JSON has one number type: send float32 values.
-        return flat.astype(np.float32)
-    return flat
-
-
-def _text(element: object) -> str:
-    if isinstance(element, bytes):
-        return element.decode("utf-8", errors="backslashreplace")
-    return str(element)
-
-
-def from_json_array(data: object, datatype: str, *, name: str) -> npt.NDArray[np.generic]:
-    """A tensor whose shape is the nesting of the JSON lists, as KServe v1 `instances` give it."""
-    if datatype == "BYTES":
-        raise ValueError(f"input {name!r} is BYTES, which the v1 protocol cannot carry here; use v2")
-    try:
-        return _numeric(np.asarray(data), datatype)
-    except (ValueError, TypeError, OverflowError) as error:
-        raise ValueError(f"input {name!r}: instances do not hold {datatype} values of one shape: {error}") from None

@@ -18,13 +18,6 @@ class BadRequestError(ServeError):
     status = 400
 
 
-class UnauthorizedError(ServeError):
-    status = 401
-
-    def __init__(self, message: str = "missing or wrong bearer token in the Authorization header") -> None:
-        super().__init__(message, headers={"www-authenticate": 'Bearer realm="maas"'})
-
-
 class NotFoundError(ServeError):
     status = 404
 
@@ -34,14 +27,6 @@ class MethodNotAllowedError(ServeError):
 
     def __init__(self, method: str, path: str, allowed: tuple[str, ...]) -> None:
         super().__init__(f"{method} is not allowed on {path}", headers={"allow": ", ".join(allowed)})
-
-
-class PayloadTooLargeError(ServeError):
-    status = 413
-
-
-class UnsupportedMediaTypeError(ServeError):
-    status = 415
 
 
 class TooManyRequestsError(ServeError):

@@ -1,12 +1,16 @@
 """Open Inference Protocol (v2) REST bodies, with the binary tensor data extension.
 
 A request is JSON, optionally followed by raw tensor bytes; `Inference-Header-Content-Length`
-tells where the JSON ends. Inputs are checked against the manifest's tensor specs here, so
-everything past this module sees well-formed, batch-aligned tensors.
+tells where the JSON ends. With `Inference-Header-Content-Length: 0` the body is the raw
+bytes of a single-input model's one input (Triton's "raw binary request"). Inputs are
+checked against the manifest's tensor specs here, so everything past this module sees
+well-formed, batch-aligned tensors. An input or a requested output named twice is refused:
+which one counts would be a guess. How values travel in JSON is `jsoncodec`'s rule.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -16,7 +20,7 @@ import numpy.typing as npt
 import orjson
 
 from maas_workloads.artifact import TensorSpec
-from maas_workloads.serve import datatypes
+from maas_workloads.serve import datatypes, jsoncodec
 from maas_workloads.serve.errors import BadRequestError
 
 HEADER_LENGTH: Final = "inference-header-content-length"
@@ -44,10 +48,11 @@ class InferenceRequest:
 
 
 def parse_json(data: bytes | memoryview, what: str) -> Any:
+    """The JSON document (NaN and Infinity allowed, duplicate keys refused); 400 when it is not one."""
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as error:
-        raise BadRequestError(f"{what} is not valid JSON: {error}") from None
+        return jsoncodec.parse(data, what)
+    except jsoncodec.JsonError as error:
+        raise BadRequestError(str(error)) from None
 
 
 def header_length(value: str | None, body_size: int) -> int | None:
@@ -65,6 +70,9 @@ def header_length(value: str | None, body_size: int) -> int | None:
 def decode_request(
     body: bytes, json_length: int | None, specs: Sequence[TensorSpec], output_specs: Sequence[TensorSpec]
 ) -> InferenceRequest:
+    """The request in `body`; `json_length` is Inference-Header-Content-Length (None: all JSON)."""
+    if json_length == 0:
+        return decode_raw_request(body, specs)
     view = memoryview(body)
     end = len(body) if json_length is None else json_length
     document = parse_json(view[:end], "the request")
@@ -79,7 +87,10 @@ def decode_request(
     offset = end
     for position, raw in enumerate(raw_inputs):
         tensor, offset = _decode_input(raw, position, by_name, view, offset)
-        inputs[_str(raw, "name", f"inputs[{position}]")] = tensor
+        name = _str(raw, "name", f"inputs[{position}]")
+        if name in inputs:
+            raise BadRequestError(f"inputs[{position}]: input {name!r} is given twice; send each input once")
+        inputs[name] = tensor
     if offset != len(body):
         raise BadRequestError(f"{len(body) - offset} bytes of binary data follow the inputs but no input claims them")
     missing = [spec.name for spec in specs if spec.name not in inputs]
@@ -99,6 +110,43 @@ def decode_request(
         binary_output=_bool(parameters, "binary_data_output", "request parameters"),
         timeout_seconds=_timeout(parameters),
     )
+
+
+def decode_raw_request(body: bytes, specs: Sequence[TensorSpec]) -> InferenceRequest:
+    """Triton's raw binary request: the body is the one input's bytes, a batch of one; outputs binary.
+
+    The shape is the manifest's, the batch dimension 1 and at most one other variable
+    dimension deduced from the body's size; a BYTES input is one element, the whole body.
+    """
+    if len(specs) != 1:
+        raise BadRequestError(
+            f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
+            f"this one takes {_names(specs)}: send the JSON header"
+        )
+    spec = specs[0]
+    shape = [1 if index == 0 and size == -1 else size for index, size in enumerate(spec.shape)]
+    variable = [index for index, size in enumerate(shape) if size == -1]
+    where = f"raw binary request for input {spec.name!r} ({spec.datatype}, model shape {spec.shape})"
+    if spec.datatype == "BYTES":
+        if variable or math.prod(shape) != 1:
+            raise BadRequestError(f"{where}: a BYTES input must hold one element; send the JSON header")
+        element = np.empty(1, dtype=np.object_)
+        element[0] = body
+        return InferenceRequest(inputs={spec.name: element.reshape(shape)}, rows=1, binary_output=True)
+    if len(variable) > 1:
+        raise BadRequestError(f"{where}: more than one variable dimension besides the batch; send the JSON header")
+    element_size = datatypes.element_size(spec.datatype)
+    assert element_size is not None
+    fixed = element_size * math.prod(size for size in shape if size != -1)
+    if variable:
+        if fixed == 0 or len(body) % fixed:
+            raise BadRequestError(f"{where}: {len(body)} bytes is not a whole number of {fixed}-byte slices")
+        shape[variable[0]] = len(body) // fixed
+    try:
+        tensor = datatypes.from_bytes(body, spec.datatype, shape, name=spec.name)
+    except ValueError as error:
+        raise BadRequestError(f"{where}: {error}") from None
+    return InferenceRequest(inputs={spec.name: tensor}, rows=shape[0], binary_output=True)
 
 
 def _decode_input(
@@ -124,7 +172,7 @@ def _decode_input(
         if binary_size is None:
             if "data" not in raw:
                 raise BadRequestError(f"input {name!r} has neither 'data' nor a 'binary_data_size' parameter")
-            return datatypes.from_json_data(raw["data"], datatype, shape, name=name), offset
+            return jsoncodec.tensor_from_data(raw["data"], datatype, shape, name=name), offset
         if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
             raise BadRequestError(f"input {name!r}: binary_data_size must be a non-negative integer")
         if "data" in raw:
@@ -167,6 +215,8 @@ def _requested_outputs(raw: object, specs: Sequence[TensorSpec]) -> list[Request
         class_count = parameters.get("classification", 0)
         if not isinstance(class_count, int) or isinstance(class_count, bool) or class_count < 0:
             raise BadRequestError(f"output {name!r}: classification must be a non-negative integer")
+        if any(output.name == name for output in requested):
+            raise BadRequestError(f"{where}: output {name!r} is requested twice; request each output once")
         requested.append(RequestedOutput(name, binary, class_count))
     return requested
 
@@ -232,7 +282,10 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:
-            entry["data"] = datatypes.to_json_data(tensor, datatype)
+            try:
+                entry["data"] = jsoncodec.data_of(tensor, datatype, name=output.name)
+            except ValueError as error:
+                raise BadRequestError(str(error)) from None
         entries.append(entry)
     document: dict[str, object] = {"model_name": model_name, "model_version": model_version, "outputs": entries}
     if request.id is not None:

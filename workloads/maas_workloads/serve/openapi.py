@@ -17,9 +17,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {
-        400: "malformed request, or a tensor that does not match the model (the message names it)",
+        400: "malformed or ambiguous request, a tensor that does not match the model, or values its datatype "
+        "cannot carry (the message names the tensor and the rule)",
         401: "missing or wrong bearer token",
         404: "unknown model or version",
+        408: "the body did not arrive within the server's body deadline",
         413: "body larger than the server's limit",
         415: "Content-Encoding other than gzip, deflate or identity",
         429: "queue full; retry after the Retry-After header's seconds",
@@ -67,6 +69,8 @@ def document(
         "description": (
             "JSON tensors; the binary tensor data extension is also accepted: put the JSON's length in "
             "Inference-Header-Content-Length, give inputs a binary_data_size parameter and append their bytes. "
+            "Inference-Header-Content-Length: 0 sends a single-input model's input as the whole body. "
+            "JSON numbers may be NaN, Infinity or -Infinity for floating-point tensors. "
             "Request parameters: binary_data_output (bool), timeout (microseconds). Output parameters: "
             "binary_data (bool), classification (top-k)."
         ),
@@ -76,7 +80,7 @@ def document(
         },
         "responses": {
             "200": _json({"$ref": "#/components/schemas/InferResponse"}, "the outputs"),
-            **_errors(400, 401, 404, 413, 415, 429, 500, 503, 504),
+            **_errors(400, 401, 404, 408, 413, 415, 429, 500, 503, 504),
         },
     }
     metadata = {
@@ -175,7 +179,7 @@ def document(
                         {"type": "object", "properties": {"predictions": {"type": "array"}}},
                         "one prediction per instance",
                     ),
-                    **_errors(400, 401, 404, 413, 415, 429, 500, 503, 504),
+                    **_errors(400, 401, 404, 408, 413, 415, 429, 500, 503, 504),
                 },
             },
         },

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import orjson
 
 from maas_workloads.artifact import TensorSpec
-from maas_workloads.serve import datatypes
+from maas_workloads.serve import jsoncodec
 from maas_workloads.serve.errors import BadRequestError
 from maas_workloads.serve.oip import Tensor, check_shape, parse_json
 
@@ -30,7 +29,7 @@ def decode_request(body: bytes, specs: Sequence[TensorSpec]) -> tuple[dict[str, 
     inputs: dict[str, Tensor] = {}
     try:
         for spec in specs:
-            array = datatypes.from_json_array(columns[spec.name], spec.datatype, name=spec.name)
+            array = jsoncodec.tensor_from_instances(columns[spec.name], spec.datatype, name=spec.name)
             check_shape(spec.name, array.shape, spec)
             inputs[spec.name] = array
     except ValueError as error:
@@ -50,17 +49,12 @@ def _columns(instances: list[object], specs: Sequence[TensorSpec]) -> dict[str, 
 
 
 def encode_response(outputs: Mapping[str, Tensor], specs: Sequence[TensorSpec]) -> bytes:
+    """`{"predictions": [...]}`; non-finite floats as NaN/Infinity literals (see `jsoncodec`)."""
     if len(specs) == 1:
-        predictions: object = _json_ready(outputs[specs[0].name])
+        predictions: object = jsoncodec.value_of(outputs[specs[0].name])
     else:
         rows = next(iter(outputs.values())).shape[0]
-        predictions = [{spec.name: _json_ready(outputs[spec.name][row]) for spec in specs} for row in range(rows)]
+        predictions = [
+            {spec.name: jsoncodec.value_of(outputs[spec.name][row]) for spec in specs} for row in range(rows)
+        ]
     return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _json_ready(array: Tensor) -> object:
-    if array.ndim == 0:
-        return array.item()
-    if array.dtype == np.float16:
-        return array.astype(np.float32)
-    return np.ascontiguousarray(array)

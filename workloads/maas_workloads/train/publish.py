@@ -25,6 +25,9 @@ _DATATYPES: dict[torch.dtype, artifact.Datatype] = {
     torch.int16: "INT16",
     torch.int8: "INT8",
     torch.uint8: "UINT8",
+    torch.uint16: "UINT16",
+    torch.uint32: "UINT32",
+    torch.uint64: "UINT64",
     torch.bool: "BOOL",
 }
 

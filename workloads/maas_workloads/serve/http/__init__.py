@@ -1,0 +1,16 @@
+"""The HTTP layer every server here shares: any ASGI application, the same guarantees.
+
+- `settings`: `HttpSettings` and the flag/`MAAS_*` environment machinery (`HTTP_FLAGS`).
+- `protocol`: per connection, before the parser — request-header size and deadline, idle
+  keep-alive timeout, the cap on open connections, closing idle connections while draining.
+- `front`: per request, before the application — duplicate guarded headers refused, bearer
+  token checked before any body is read, the body read whole within its size and deadline
+  and decoded, `Connection: close` while draining, one access-log line.
+- `server`: per process — `Service` (what an application provides) and `run`, the signal
+  handling and drain sequence.
+- `transport`: a response's writes gathered into one system call per event-loop turn.
+- `auth`, `logs`: the bearer-token check and the JSON logs those use.
+
+An application never needs to re-implement any of it: it provides an ASGI callable, a
+`begin_drain` that turns its readiness false, its public (probe) paths and its error shape.
+"""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server for causal language models (vLLM's HTTP contract)."""
