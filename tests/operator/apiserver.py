@@ -8,6 +8,7 @@ preconditions on Leases, a latency per request. Tests reach the switches as `clu
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import datetime
 import itertools
@@ -64,6 +65,10 @@ class Switches:
     """(kind, name) -> the cause of a 500 InternalError answered to every write of that object, as the
     API server answers e.g. a Service create once its IP range is full (`failed to allocate a serviceIP:
     range is full`)."""
+    held: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    """(kind, name) -> a gate every write (POST, PATCH, PUT, DELETE) of that object waits at until the
+    test sets it; name "*" holds every object of the kind. `holding` counts the writes waiting."""
+    holding: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     lost_nodes: set[str] = field(default_factory=set)
     """Nodes whose kubelet is gone: their pods' graceful deletion never completes."""
     latency_seconds: float = 0.0
@@ -105,6 +110,8 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
     async def _handle(self, request: Any) -> Any:
         if self.switches.latency_seconds > 0:
             await asyncio.sleep(self.switches.latency_seconds)
+        if self.switches.held:
+            await self._hold(request)
         resource = request.resource
         kind = KINDS.get(resource.plural) if resource is not None else None
         if kind is None or request.action is None:
@@ -124,6 +131,24 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         if action == "DELETE" and request.name:
             self.ownership.pop(key, None)
         return await super()._handle(request)
+
+    async def _hold(self, request: Any) -> None:
+        """Wait at the gate `switches.held` has for the object a write names, if any."""
+        resource = request.resource
+        kind = KINDS.get(resource.plural) if resource is not None else None
+        if kind is None or str(request.method).upper().rsplit(".", 1)[-1] == "GET":
+            return
+        name = request.name
+        if not name and isinstance(request.data, dict):
+            name = (request.data.get("metadata") or {}).get("name")
+        key = next((k for k in ((kind, str(name or "")), (kind, "*")) if k in self.switches.held), None)
+        if key is None:
+            return
+        self.switches.holding[key] += 1
+        try:
+            await self.switches.held[key].wait()
+        finally:
+            self.switches.holding[key] -= 1
 
     # --- the object store -------------------------------------------------------------
     # KMock finds the object a fetch, create, update or delete answers with by scanning every

@@ -43,6 +43,8 @@ class EventRecorder:
         self._kube = kube
         self._queues: list[asyncio.Queue[Queued]] = [asyncio.Queue(max(1, backlog // senders)) for _ in range(senders)]
         self._tasks: list[asyncio.Task[None]] = []
+        self._sending = 0
+        """Events taken from the queues whose create has not been answered yet."""
 
     def start(self) -> None:
         if not self._tasks:
@@ -55,7 +57,8 @@ class EventRecorder:
         try:
             await asyncio.wait_for(asyncio.gather(*(queue.join() for queue in self._queues)), STOP_SECONDS)
         except TimeoutError:
-            log.warning("%d Event(s) not posted at shut-down", sum(queue.qsize() for queue in self._queues))
+            unposted = self._sending + sum(queue.qsize() for queue in self._queues)
+            log.warning("%d Event(s) not posted at shut-down", unposted)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -74,9 +77,10 @@ class EventRecorder:
     async def _send(self, queue: asyncio.Queue[Queued]) -> None:
         while True:
             owner, notice, stamp = await queue.get()
-            manifest = event(owner, notice.type, notice.reason, notice.message, stamp, uuid.uuid4().hex[:16], INSTANCE)
+            self._sending += 1
             try:
-                await self._kube.create(manifest)
+                name = uuid.uuid4().hex[:16]
+                await self._kube.create(event(owner, notice.type, notice.reason, notice.message, stamp, name, INSTANCE))
             except NotLeaderError:  # leadership lost since it was queued: the new leader reports anew
                 log.debug("not posting Event %s for %s: not the leader", notice.reason, owner.name)
             except KubeError as error:  # Events help humans; losing one must not stop anything
@@ -85,4 +89,5 @@ class EventRecorder:
             except Exception:
                 log.exception("could not post Event %s for %s", notice.reason, owner.name)
             finally:
+                self._sending -= 1
                 queue.task_done()
