@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ SPEC = ModelServiceSpec.model_validate(
 )
 KEPT_PER_MODELSERVICE_BYTES = 4096
 """What the indices may keep of a ModelService and its Deployment, Service and PDB (JSON bytes)."""
+HELD_PER_MODELSERVICE_BYTES = 10_000
+"""The Python objects that keeps, per ModelService, once many are watched (measured: ~7.4 KB)."""
 
 
 def as_served(manifest: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -100,6 +103,27 @@ def test_what_is_kept_per_modelservice_is_bounded() -> None:
     full_bytes = sum(len(json.dumps(value)) for value in full)
     assert kept_bytes < KEPT_PER_MODELSERVICE_BYTES, f"{kept_bytes} bytes kept per ModelService"
     assert kept_bytes < full_bytes / 4, f"kept {kept_bytes} of {full_bytes} bytes"
+
+
+def test_what_is_held_in_memory_per_modelservice_is_bounded() -> None:
+    """As the watches see them: every body decoded on its own, so nothing is shared but what
+    cache.py shares."""
+    served = served_children()
+    body = as_served({"metadata": {"name": "digits"}, "spec": SPEC.model_dump(by_alias=True, mode="json")}, "x")
+    texts = [("", json.dumps(body))] + [(kind, json.dumps(child)) for kind, child in served.items()]
+    count = 200
+    tracemalloc.start()
+    try:
+        kept = [
+            cache.child(kind, json.loads(text)) if kind else cache.custom_resource(json.loads(text))
+            for _ in range(count)
+            for kind, text in texts
+        ]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == count * len(texts)
+    assert held / count < HELD_PER_MODELSERVICE_BYTES, f"{held / count:.0f} bytes held per ModelService"
 
 
 class Resident:
