@@ -142,21 +142,27 @@ class Resident:
         return 1
 
 
-def test_memory_is_released_only_when_idle_and_grown(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_is_released_when_idle_after_a_burst_of_creates_or_deletes(monkeypatch: pytest.MonkeyPatch) -> None:
     resident = Resident(100 * 2**20)
     monkeypatch.setattr(memory, "resident_bytes", resident.read)
     monkeypatch.setattr(memory, "MALLOC_TRIM", resident.trim)
     releaser = memory.Releaser()
-    resident.size = 200 * 2**20  # a burst
-    releaser.after_work(idle=False)
+    resident.size = 200 * 2**20  # a burst of 1,000 new objects
+    releaser.after_work(idle=False, objects=1000)
     assert resident.trimmed == 0, "never while work is queued or running"
-    releaser.after_work(idle=True)
+    releaser.after_work(idle=True, objects=1000)
     assert resident.trimmed == 1 and releaser.baseline == 160 * 2**20
-    releaser.after_work(idle=True)
-    assert resident.trimmed == 1, "not again until it has grown by GROWTH"
+    releaser.after_work(idle=True, objects=1000)
+    assert resident.trimmed == 1, "not again until it has grown by GROWTH or the objects shrank"
     resident.size = int(160 * 2**20 * memory.GROWTH) + 1
-    releaser.after_work(idle=True)
+    releaser.after_work(idle=True, objects=1000)
     assert resident.trimmed == 2
+    releaser.after_work(idle=True, objects=950)
+    assert resident.trimmed == 2, "a few deletions: not yet"
+    releaser.after_work(idle=True, objects=0)  # everything deleted: the memory it held is free
+    assert resident.trimmed == 3
+    releaser.after_work(idle=True, objects=0)
+    assert resident.trimmed == 3, "once"
 
 
 @pytest.mark.skipif(memory.resident_bytes() is None, reason="needs /proc (Linux)")

@@ -47,6 +47,7 @@ class EventRecorder:
         """Events taken from the queues whose create has not been answered yet."""
 
     def start(self) -> None:
+        """Start the senders (idempotent)."""
         if not self._tasks:
             self._tasks = [
                 asyncio.create_task(self._send(queue), name=f"events-{n}") for n, queue in enumerate(self._queues)

@@ -41,6 +41,8 @@ KeyT = TypeVar("KeyT", bound=Hashable)
 
 
 class Priority(enum.IntEnum):
+    """Why a key was queued; higher goes first within a lane."""
+
     RESYNC = 0
     """The periodic re-evaluation of every object."""
     EVENT = 1
@@ -95,23 +97,17 @@ class WorkQueue(Generic[KeyT]):
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
-    def started(self) -> bool:
-        return bool(self._tasks)
-
-    @property
-    def workers(self) -> int:
-        return self._workers
-
-    @property
     def idle(self) -> bool:
         """Nothing queued, nothing being reconciled."""
         return not self._queued and not self._running
 
     def start(self) -> None:
+        """Start the workers (idempotent)."""
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._work(), name=f"reconciler-{n}") for n in range(self._workers)]
 
     async def stop(self) -> None:
+        """Cancel the retry timers and every worker, a running reconcile included, and wait for them."""
         for timer in self._timers.values():
             timer.cancel()
         for task in self._tasks:
@@ -177,13 +173,6 @@ class WorkQueue(Generic[KeyT]):
     def _fire(self, key: KeyT) -> None:
         self._timers.pop(key, None)
         self.add(key)
-
-    def depth(self) -> dict[Hashable, int]:
-        """Queued keys by lane."""
-        counts: dict[Hashable, int] = {lane: 0 for lane in self._lanes}
-        for key in self._queued:
-            counts[self._lane_of(key)] += 1
-        return counts
 
     def _take(self) -> KeyT:
         """The next key: the highest priority any lane has, from the lanes in turn."""

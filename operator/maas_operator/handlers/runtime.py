@@ -70,6 +70,9 @@ class Watched:
 
 @dataclass
 class Runtime:
+    """The operator's shared state: API clients, the watched view, the work queue, the Event
+    recorder and what it remembers per object (state.py). Create it with `start()`."""
+
     config: OperatorConfig
     kube: KubeClient
     http: aiohttp.ClientSession
@@ -116,6 +119,7 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        """Cancel the reconciles, post the queued Events (briefly), close the clients."""
         await self.queue.stop()
         await self.events.stop()
         await self.http.close()
@@ -155,6 +159,7 @@ class Runtime:
         await self.reconcilers[key[0]](self, key)
 
     def body(self, key: ObjectKey) -> dict[str, Any] | None:
+        """The custom resource as last watched (cache.py's kept fields), or None once deleted."""
         kind, namespace, name = key
         index = TRAININGJOBS if kind == "TrainingJob" else MODELSERVICES
         body: dict[str, Any] | None = self.watched.one(index, (namespace, name))
@@ -176,8 +181,9 @@ class Runtime:
         memory = Releaser()
         while True:
             await asyncio.sleep(period / 2)
-            memory.after_work(self.queue.idle)  # before this tick's resync makes it busy
-            self.queue.resync(self.keys(), period)
+            keys = self.keys()
+            memory.after_work(self.queue.idle, len(keys))  # before this tick's resync makes it busy
+            self.queue.resync(keys, period)
 
     def object_event(self, key: ObjectKey, uid: str, deleted: bool) -> None:
         """A watch event of a custom resource (its body already in the index): reconcile it, first
@@ -204,6 +210,7 @@ class Runtime:
         self.queue.add(key)
 
     def child_event(self, owner: ObjectKey) -> None:
+        """A watch event of a child: reconcile its owner, if it still exists."""
         self.synced()
         if self.body(owner) is not None:
             self.queue.add(owner)
@@ -234,6 +241,7 @@ class Runtime:
         return found
 
     def state(self, uid: str) -> ObjectState:
+        """What this process remembers of the object `uid` (created empty on first use)."""
         return self.objects[uid]
 
     async def write_status(

@@ -47,9 +47,11 @@ class ObjectState:
     """When the head's progress was last fetched (monotonic seconds)."""
 
     def expect_created(self, pod: PodView) -> None:
+        """A pod we created: counted as existing until the watch shows it (at most EXPECTATION_SECONDS)."""
         self.created[pod.name] = (pod, time.monotonic())
 
     def expect_deleted(self, name: str) -> None:
+        """A pod we deleted: counted as deleting until the watch shows it (at most EXPECTATION_SECONDS)."""
         self.deleted[name] = time.monotonic()
         self.created.pop(name, None)
 
@@ -70,6 +72,7 @@ class ObjectState:
         return corrected + [pod for pod, _ in self.created.values()]
 
     def remember(self, key: ChildKey, body: dict[str, Any] | None) -> None:
+        """A child we applied (`body`, as cache.py keeps it) or deleted (None), until the watch shows it."""
         self.written[key] = (body, time.monotonic())
 
     def observe_children(self, watched: Mapping[ChildKey, dict[str, Any]]) -> dict[ChildKey, dict[str, Any]]:
@@ -128,6 +131,7 @@ class ObjectState:
 
     # --- creates of children the operator does not watch ----------------------------------
     def confirm(self, action: Create) -> None:
+        """The create of an unwatched child succeeded or found it existing (see `confirmed`)."""
         self.confirmed[action.key] = (action_fingerprint(action), time.monotonic())
 
     def exists(self, action: Create) -> bool:

@@ -228,6 +228,7 @@ class KubeClient:
         return True
 
     async def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """JSON merge patch of the status subresource with `patch` (the changed fields of status)."""
         path = resource_type(kind).path(namespace, name, "status")
         await self._call("PATCH", path, {"status": patch}, "application/merge-patch+json")
 
