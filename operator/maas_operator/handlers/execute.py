@@ -158,7 +158,7 @@ async def _write(action: ChildAction, owner: Owner, state: ObjectState, runtime:
     else:
         await runtime.kube.delete(action.kind, owner.namespace, action.name, action.grace_period_seconds)
         if action.kind == "Pod":
-            state.expect_deleted(action.name)
+            state.expect_deleted(action.name, removed=action.grace_period_seconds == 0)
         else:
             state.remember(action.key, None)
 

@@ -35,6 +35,9 @@ class ObjectState:
     """metadata.generation of the body the last reconcile planned from."""
     created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
+    removed: dict[str, float] = field(default_factory=dict)
+    """Pods we deleted with grace period 0, which the API server removes at once: hidden (while the
+    watch still shows them terminating) so that no reconcile force-deletes them a second time."""
     written: dict[ChildKey, tuple[dict[str, Any] | None, float]] = field(default_factory=dict)
     """Children we applied (their body) or deleted (None), until the watch shows the write."""
     refusals: dict[ChildKey, Refusal] = field(default_factory=dict)
@@ -50,15 +53,27 @@ class ObjectState:
         """A pod we created: counted as existing until the watch shows it (at most EXPECTATION_SECONDS)."""
         self.created[pod.name] = (pod, time.monotonic())
 
-    def expect_deleted(self, name: str) -> None:
-        """A pod we deleted: counted as deleting until the watch shows it (at most EXPECTATION_SECONDS)."""
+    def expect_deleted(self, name: str, removed: bool = False) -> None:
+        """A pod we deleted: counted as deleting (`removed`, grace period 0: as gone) until the watch
+        shows it (at most EXPECTATION_SECONDS)."""
         self.deleted[name] = time.monotonic()
+        if removed:
+            self.removed[name] = self.deleted[name]
         self.created.pop(name, None)
 
     def observe(self, watched: Iterable[PodView]) -> list[PodView]:
-        """The watched pods, corrected for our own creates and deletes the watch has not shown yet."""
+        """The watched pods, corrected for our own creates and deletes the watch has not shown yet.
+
+        A removed pod is hidden only while it is terminating: a pod of the next attempt may
+        already have its name."""
         now = time.monotonic()
         pods = list(watched)
+        self.removed = {
+            name: since
+            for name, since in self.removed.items()
+            if any(pod.name == name and pod.deleting for pod in pods) and now - since < EXPECTATION_SECONDS
+        }
+        pods = [pod for pod in pods if not (pod.deleting and pod.name in self.removed)]
         names = {pod.name for pod in pods}
         self.created = {
             name: entry
