@@ -18,13 +18,14 @@ def test_a_pod_deleted_gracefully_reads_as_deleting_until_the_watch_shows_it() -
     assert state.observe([]) == [] and not state.deleted
 
 
-def test_a_force_deleted_pod_is_gone_at_once_but_not_a_new_pod_of_its_name() -> None:
+def test_a_force_deleted_pod_stays_visible_but_is_not_force_deleted_again() -> None:
     state = ObjectState()
-    state.expect_deleted("w-0", removed=True)  # grace period 0: the API server removes it at once
-    assert state.observe([pod("w-0", 1, deleting=True)]) == [], "no second force delete of what is gone"
+    state.expect_deleted("w-0", removed=True)  # grace period 0
+    # A finalizer keeps it (and its name) until its owner lets go: the next attempt must wait for it.
+    assert state.observe([pod("w-0", 1, deleting=True)]) == [pod("w-0", 1, deleting=True)]
+    assert state.force_deleted("w-0"), "no second force delete while the watch shows it terminating"
+    assert state.observe([]) == [] and not state.removed, "forgotten once the watch no longer shows it"
+    assert not state.force_deleted("w-0")
     new = pod("w-0", 2)
     state.expect_created(new)
-    assert state.observe([pod("w-0", 1, deleting=True)]) == [new], "the next attempt's pod, created meanwhile"
-    assert state.observe([new]) == [new]
-    assert not state.removed, "forgotten once the watch no longer shows the removed pod"
-    assert state.observe([pod("w-0", 2, deleting=True)]) == [pod("w-0", 2, deleting=True)], "the new one is not hidden"
+    assert state.observe([]) == [new], "the next attempt's pod, created before the watch shows it"

@@ -29,7 +29,7 @@ from maas_operator.handlers import cache
 from maas_operator.handlers.runtime import ObjectKey, Runtime
 from maas_operator.handlers.state import ObjectState
 from maas_operator.kube.client import KubeError
-from maas_operator.status.plan import Apply, ChildAction, ChildKey, Create, DeleteOwner, Event, Plan
+from maas_operator.status.plan import Apply, ChildAction, ChildKey, Create, Delete, DeleteOwner, Event, Plan
 from maas_operator.status.pods import pod_view
 
 TRANSIENT_CLIENT_ERRORS = frozenset({401, 408, 409, 429})
@@ -130,6 +130,8 @@ async def _write_child(
     for action in actions:
         if state.backing_off(action, now):
             return _Written(False)
+        if isinstance(action, Delete) and action.grace_period_seconds == 0 and state.force_deleted(action.name):
+            continue  # the API server has it; the watch has not shown it gone yet
         try:
             async with slots:
                 await _write(action, owner, state, runtime)

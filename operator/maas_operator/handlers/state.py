@@ -36,8 +36,9 @@ class ObjectState:
     created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
     removed: dict[str, float] = field(default_factory=dict)
-    """Pods we deleted with grace period 0, which the API server removes at once: hidden (while the
-    watch still shows them terminating) so that no reconcile force-deletes them a second time."""
+    """Pods we force-deleted (grace period 0) that the watch still shows terminating: not force-deleted
+    a second time (`force_deleted`). They stay visible: a finalizer keeps a force-deleted pod, and its
+    name, until its owner removes it, so the next attempt's pod cannot be created before."""
     written: dict[ChildKey, tuple[dict[str, Any] | None, float]] = field(default_factory=dict)
     """Children we applied (their body) or deleted (None), until the watch shows the write."""
     refusals: dict[ChildKey, Refusal] = field(default_factory=dict)
@@ -54,18 +55,19 @@ class ObjectState:
         self.created[pod.name] = (pod, time.monotonic())
 
     def expect_deleted(self, name: str, removed: bool = False) -> None:
-        """A pod we deleted: counted as deleting (`removed`, grace period 0: as gone) until the watch
-        shows it (at most EXPECTATION_SECONDS)."""
+        """A pod we deleted (`removed`: with grace period 0): counted as deleting until the watch shows
+        it (at most EXPECTATION_SECONDS)."""
         self.deleted[name] = time.monotonic()
         if removed:
             self.removed[name] = self.deleted[name]
         self.created.pop(name, None)
 
-    def observe(self, watched: Iterable[PodView]) -> list[PodView]:
-        """The watched pods, corrected for our own creates and deletes the watch has not shown yet.
+    def force_deleted(self, name: str) -> bool:
+        """We force-deleted this pod and the watch still shows it terminating: another force delete adds nothing."""
+        return name in self.removed
 
-        A removed pod is hidden only while it is terminating: a pod of the next attempt may
-        already have its name."""
+    def observe(self, watched: Iterable[PodView]) -> list[PodView]:
+        """The watched pods, corrected for our own creates and deletes the watch has not shown yet."""
         now = time.monotonic()
         pods = list(watched)
         self.removed = {
@@ -73,7 +75,6 @@ class ObjectState:
             for name, since in self.removed.items()
             if any(pod.name == name and pod.deleting for pod in pods) and now - since < EXPECTATION_SECONDS
         }
-        pods = [pod for pod in pods if not (pod.deleting and pod.name in self.removed)]
         names = {pod.name for pod in pods}
         self.created = {
             name: entry
