@@ -19,7 +19,7 @@ from maas_operator.api.trainingjob import (
     TrainingJobStatus,
 )
 from maas_operator.status import kstatus
-from maas_operator.status.attempts import HeadFailure, Timing, parse_termination_message
+from maas_operator.status.attempts import HeadFailure, Timing, parse_termination_message, variant_statuses
 from maas_operator.status.plan import (
     ChildKey,
     Create,
@@ -169,8 +169,16 @@ class OutcomePlanner(StatusPlanner[TrainingJobStatus]):
                 uri=str(report["uri"]),
                 sha256=str(report["sha256"]),
                 metrics={str(k): float(v) for k, v in (report.get("metrics") or {}).items()},
+                variants=variant_statuses(report.get("variants")),
             )
             message = f"attempt {head.attempt} finished; model published at {model.uri}"
+            refused = [v for v in model.variants if not v.published]
+            if refused:
+                self.event(
+                    "VariantsNotPublished",
+                    "; ".join(f"{variant.name}: {variant.message}" for variant in refused),
+                    warning=True,
+                )
         else:
             message = f"attempt {head.attempt} finished, but the head reported no model artifact"
             self.event("NoModelReported", message, warning=True)

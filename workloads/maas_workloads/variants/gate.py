@@ -1,0 +1,55 @@
+"""Which variants are published: the accuracy (or perplexity) a variant may cost, and the report of each.
+
+`spec.output.maxAccuracyDrop` is in accuracy points (percentage points: 1.0 allows 0.95 -> 0.94)
+for classifiers, and a perplexity ratio (1.05 allows 5% more) for causal LMs. A variant that costs
+more is not published; its outcome says by how much, and reaches `status.model.variants`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from maas_workloads import contract
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one requested variant."""
+
+    name: str
+    published: bool
+    message: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> contract.VariantReport:
+        """The termination message's form (`status.model.variants[]`)."""
+        return {"name": self.name, "published": self.published, "message": self.message, "metrics": self.metrics}
+
+
+def accuracy_outcome(name: str, metrics: dict[str, float], full_accuracy: float, max_drop: float | None) -> Outcome:
+    """Judge a classifier's variant: `metrics` holds its `val_accuracy` (0..1); the drop is in points."""
+    accuracy = metrics["val_accuracy"]
+    drop = round((full_accuracy - accuracy) * 100, 4)
+    metrics = {**metrics, "val_accuracy_drop": drop}
+    numbers = f"val_accuracy {accuracy:.4f} vs {full_accuracy:.4f} for the full model, a drop of {drop:.2f} points"
+    if max_drop is not None and drop > max_drop:
+        return Outcome(name, False, f"{numbers}, more than maxAccuracyDrop {max_drop:g}: not published", metrics)
+    return Outcome(name, True, numbers, metrics)
+
+
+def perplexity_outcome(
+    name: str, metrics: dict[str, float], full_perplexity: float, max_ratio: float | None
+) -> Outcome:
+    """Judge a causal LM's variant: `metrics` holds its `val_perplexity`; the limit is a ratio to the full model's."""
+    perplexity = metrics["val_perplexity"]
+    ratio = round(perplexity / full_perplexity, 6)
+    metrics = {**metrics, "val_perplexity_ratio": ratio}
+    numbers = f"val_perplexity {perplexity:.4f} vs {full_perplexity:.4f} for the full model, a ratio of {ratio:.4f}"
+    if max_ratio is not None and ratio > max_ratio:
+        return Outcome(name, False, f"{numbers}, more than maxAccuracyDrop {max_ratio:g}: not published", metrics)
+    return Outcome(name, True, numbers, metrics)
+
+
+def failed(name: str, error: Exception) -> Outcome:
+    """A variant whose conversion failed: not published, the full model still is."""
+    return Outcome(name, False, f"conversion failed: {type(error).__name__}: {error}")
