@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import pathlib
 import platform
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from maas_workloads import artifact
