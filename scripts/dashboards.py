@@ -202,6 +202,21 @@ def serving() -> dashboard.Dashboard:
             )
         )
         .with_panel(
+            graph(
+                "Connections, and refusals before the application",
+                "none",
+                query(f"sum by (modelservice) (maas_http_connections{{{svc}}})", "{{modelservice}} open connections"),
+                query(
+                    f"sum by (modelservice, reason) (rate(maas_http_rejected_total{{{svc}}}[{RATE}]))",
+                    "{{modelservice}} refused/s: {{reason}}",
+                ),
+                query(
+                    f'sum by (modelservice) (increase(maas_http_tls_reloads_total{{{svc}, result="failure"}}[1h]))',
+                    "{{modelservice}} failed certificate reloads (1 h)",
+                ),
+            )
+        )
+        .with_panel(
             single(
                 "Rejected (429) share",
                 "percentunit",

@@ -116,6 +116,7 @@ def render_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     from maas_operator import local
+    from maas_operator.local_kubelet import RunError
 
     config = OperatorConfig.from_env()
     documents = [
@@ -144,7 +145,7 @@ def run_command(args: argparse.Namespace) -> int:
     except InvalidResourceError as error:
         print(f"maas run: {error}", file=sys.stderr)
         return 2
-    except local.RunError as error:
+    except RunError as error:
         print(f"maas run: {error}", file=sys.stderr)
         return 1
     return 0

@@ -1,20 +1,17 @@
 """`maas run`: a TrainingJob, then a ModelService serving its model, on this machine.
 
 No cluster needed. The pods come from the operator's own builders and planner; this module
-plays the kubelet: it starts each container's command as a local process with the
-container's environment, changing only what differs outside a cluster (addresses, ports,
-volumes under a work directory, Secrets read from the same files).
+plays the kubelet (with `local_kubelet`): it starts each container's command as a local process
+with the container's environment, changing only what differs outside a cluster (addresses,
+ports, volumes under a work directory, Secrets read from the same files).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import json
-import os
 import pathlib
-import signal
-import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,14 +19,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 from maas_operator.api.modelservice import ModelServiceSpec, ModelServiceStatus
 from maas_operator.api.trainingjob import TrainingJobSpec
 from maas_operator.builders.meta import Owner
 from maas_operator.builders.trainingjob import attempt_children, storage_wiring
+from maas_operator.local_kubelet import LocalKubelet, RunError, free_port, local_kubelet, secrets_of
 from maas_operator.local_report import (
     Example,
     describe_answer,
@@ -45,121 +42,15 @@ from maas_workloads import contract
 NAMESPACE = "local"
 READY_TIMEOUT_SECONDS = 300.0
 POLL_SECONDS = 2.0
-STOP_GRACE_SECONDS = 60.0
 
 
-class RunError(Exception):
-    """The local run cannot go on; the message says why."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def secrets_of(documents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """The Secrets defined in the same files, decoded: name -> key -> value."""
-    found: dict[str, dict[str, str]] = {}
-    for document in documents:
-        if document.get("kind") != "Secret":
-            continue
-        values = {key: base64.b64decode(value).decode() for key, value in (document.get("data") or {}).items()}
-        values.update({key: str(value) for key, value in (document.get("stringData") or {}).items()})
-        found[(document.get("metadata") or {}).get("name", "")] = values
-    return found
-
-
-class LocalKubelet:
-    """Runs containers as local processes under one work directory, and stops them all at the end."""
-
-    def __init__(self, workdir: pathlib.Path, secrets: Mapping[str, Mapping[str, str]], out: TextIO) -> None:
-        self.workdir = workdir.resolve()
-        self.secrets = secrets
-        self.out = out
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.volumes = self.workdir / "volumes"
-        self.volumes.mkdir(parents=True, exist_ok=True)
-
-    def say(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
-
-    def localize(self, value: str) -> str:
-        """Claims mounted under PVC_MOUNT_ROOT in a pod live under the work directory here."""
-        return value.replace(f"file://{contract.PVC_MOUNT_ROOT}/", f"file://{self.volumes}/")
-
-    def environment(self, container: Mapping[str, Any]) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for source in container.get("envFrom") or []:
-            env.update(self._secret(source["secretRef"]["name"]))
-        for variable in container.get("env") or []:
-            if "value" in variable:
-                env[variable["name"]] = self.localize(str(variable["value"]))
-                continue
-            reference = (variable.get("valueFrom") or {}).get("secretKeyRef")
-            if reference is None:
-                raise RunError(f"env {variable['name']}: only values and secretKeyRef work outside a cluster")
-            secret = self._secret(reference["name"])
-            if reference["key"] not in secret:
-                raise RunError(f"env {variable['name']}: Secret {reference['name']} has no key {reference['key']}")
-            env[variable["name"]] = secret[reference["key"]]
-        return env
-
-    def _secret(self, name: str) -> Mapping[str, str]:
-        if name in self.secrets:
-            return self.secrets[name]
-        raise RunError(f"Secret {name} is referenced but not defined in the files given to `maas run`")
-
-    def start(self, name: str, container: Mapping[str, Any], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        command = [sys.executable if part == "python" else part for part in container["command"]]
-        command += list(container.get("args") or [])
-        root = pathlib.Path(__file__).resolve().parents[2]
-        path = os.pathsep.join([str(root / "operator"), str(root / "workloads"), os.environ.get("PYTHONPATH", "")])
-        log = (self.workdir / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-        )
-        self.processes.append(process)
-        self.say(f"started {name} (pid {process.pid}, log {self.workdir / f'{name}.log'})")
-        return process
-
-    def stop(self, process: subprocess.Popen[bytes]) -> int:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
-
-    def stop_all(self) -> None:
-        for process in reversed(self.processes):
-            self.stop(process)
-
-
-@contextmanager
-def local_kubelet(
-    workdir: pathlib.Path, secrets: Mapping[str, Mapping[str, str]], out: TextIO
-) -> Iterator[LocalKubelet]:
-    kubelet = LocalKubelet(workdir, secrets, out)
-    try:
-        yield kubelet
-    finally:
-        kubelet.stop_all()
-
-
-def _get_json(url: str, token: str | None = None, body: Any = None) -> Any:
+def _get_json(url: str, token: str | None = None, body: Any = None, context: ssl.SSLContext | None = None) -> Any:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=30, context=context) as response:
         return json.loads(response.read())
 
 
@@ -260,8 +151,10 @@ def serve(
     if deployment is None:
         resolved = next(c for c in plan.status.conditions if c.type == "ModelResolved")
         raise RunError(f"ModelService {owner.name} has nothing to serve: {resolved.message}")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    pod_spec = deployment["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
     port = free_port()
+    kubelet.mount_secrets(pod_spec, container)
     env = kubelet.environment(container)
     env.update(
         {
@@ -271,17 +164,18 @@ def serve(
         }
     )
     server = kubelet.start(f"{owner.name}-server", container, env)
-    url = f"http://127.0.0.1:{port}"
+    context = _client_context(env)
+    url = f"{'https' if context else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while not _ready(url + contract.HEALTH_READY_PATH):
+    while not _ready(url + contract.HEALTH_READY_PATH, context):
         if server.poll() is not None or time.monotonic() > deadline:
             raise RunError(f"the server did not become ready; see {kubelet.workdir / (owner.name + '-server.log')}")
         time.sleep(0.5)
     token = env.get(contract.ENV_AUTH_TOKEN)
     metadata_url = f"{url}/v2/models/{owner.name}"
-    description = _get_json(metadata_url, token)
+    description = _get_json(metadata_url, token, context=context)
     sent = example if fits(description, example) else None
-    answer = _get_json(f"{metadata_url}/infer", token, inference_request(description, sent))
+    answer = _get_json(f"{metadata_url}/infer", token, inference_request(description, sent), context)
     outputs = {o["name"]: o.get("data", [])[:10] for o in answer.get("outputs", [])}
     kubelet.say(f"serving {plan.status.model.uri if plan.status.model else '?'} at {url} (OIP v2, KServe v1)")
     kubelet.say(describe_answer(answer, sent))
@@ -292,11 +186,31 @@ def serve(
     return {"url": url, "outputs": outputs, "exitCode": code}
 
 
-def _ready(url: str) -> bool:
+def _client_context(env: Mapping[str, str]) -> ssl.SSLContext | None:
+    """For a server with `server.tls`: trust the Secret's ca.crt, or its tls.crt when it has none (a
+    self-signed certificate). The chain is verified, the name is not: the certificate names the
+    cluster's Service, and this client reaches its own child process at 127.0.0.1."""
+    cert = env.get(contract.ENV_TLS_CERT_FILE)
+    if cert is None:
+        return None
+    ca = pathlib.Path(cert).with_name("ca.crt")
+    context = ssl.create_default_context(cafile=str(ca if ca.exists() else cert))
+    context.check_hostname = False
+    return context
+
+
+def _ready(url: str, context: ssl.SSLContext | None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
             return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, ssl.SSLCertVerificationError):
+            raise RunError(
+                f"the server's certificate does not verify ({error.reason.verify_message}): give the TLS Secret "
+                "a ca.crt key with the certificate of the CA that signed tls.crt"
+            ) from None
+        return False
+    except OSError:
         return False
 
 
@@ -304,6 +218,14 @@ def preflight(kubelet: LocalKubelet, service: Mapping[str, Any]) -> None:
     """Refuse at once, not after training, a ModelService whose Secrets are not in the files."""
     spec = ModelServiceSpec.model_validate(service.get("spec") or {})
     references = [spec.auth.token_secret_ref] if spec.auth else []
+    if spec.server.tls is not None:
+        name = spec.server.tls.secret_ref.name
+        missing = [key for key in (contract.TLS_CERT_KEY, contract.TLS_KEY_KEY) if key not in kubelet.secret(name)]
+        if missing:
+            raise RunError(
+                f"spec.server.tls.secretRef: Secret {name} has no {' or '.join(missing)}; "
+                "a kubernetes.io/tls Secret holds tls.crt (the certificate chain) and tls.key (its key)"
+            )
     container = {
         "env": [{"name": f"SECRET_{n}", "valueFrom": {"secretKeyRef": r.to_wire()}} for n, r in enumerate(references)],
         "envFrom": [{"secretRef": {"name": spec.model.secret_ref.name}}] if spec.model.secret_ref else [],

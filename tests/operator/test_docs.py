@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from maas_operator.api import modelservice as ms
+from maas_operator.api import serving
 from maas_operator.api.trainingjob import CheckpointSpec, RunPolicy, TrainingJobSpec, TrainingJobStatus, WorkerSpec
 from maas_operator.status import kstatus
 from maas_operator.status import modelservice as service_states
@@ -31,8 +32,9 @@ def wire_names(model: type[BaseModel]) -> list[str]:
         ms.ModelServiceSpec,
         ms.ModelSource,
         ms.AutoscalingSpec,
-        ms.BatchingSpec,
-        ms.ServerSpec,
+        serving.BatchingSpec,
+        serving.ServerSpec,
+        serving.TlsSpec,
         ms.RolloutSpec,
         ms.CanarySpec,
         ms.DisruptionSpec,

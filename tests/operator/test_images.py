@@ -63,12 +63,16 @@ def test_versions_follow_the_charts_app_version() -> None:
         assert command in README, f"README.md shows how to build {image}: {command}"
 
 
-def test_operator_image_is_pinned_non_root_and_runs_maas_operator() -> None:
-    parsed = commands(OPERATOR_DOCKERFILE)
-    for base in (c.value[0] for c in parsed if c.cmd == "FROM"):
+@pytest.mark.parametrize("dockerfile", [OPERATOR_DOCKERFILE, WORKLOADS_DOCKERFILE], ids=["operator", "workloads"])
+def test_image_bases_are_pinned(dockerfile: pathlib.Path) -> None:
+    for base in (c.value[0] for c in commands(dockerfile) if c.cmd == "FROM"):
         assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base), (
-            f"{base}: pin the base to a Python patch release and a Debian release"
+            f"{dockerfile.relative_to(REPO)}: {base}: pin the base to a Python patch release and a Debian release"
         )
+
+
+def test_operator_image_is_non_root_and_runs_maas_operator() -> None:
+    parsed = commands(OPERATOR_DOCKERFILE)
     final = final_stage(parsed)
     (user,) = [c.value[0] for c in final if c.cmd == "USER"]
     uid, _, gid = user.partition(":")

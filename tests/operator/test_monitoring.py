@@ -28,9 +28,13 @@ from maas_operator.builders import modelservice as build_service
 from maas_operator.builders import trainingjob as build_job
 from maas_operator.builders.meta import Owner
 from maas_workloads import contract
+from maas_workloads.serve.http.protocol import Connections
+from maas_workloads.serve.http.settings import HTTP_FLAGS, TlsSettings, http_settings, parse_options
+from maas_workloads.serve.http.tls import CertificateStore
 from maas_workloads.serve.metrics import Metrics as ServingMetrics
 from maas_workloads.train.progress import ProgressState
 from tests.operator.test_chart import CHART, helm, render
+from tests.workloads.serve.certificates import Authority, SecretVolume
 
 TESTS = pathlib.Path(__file__).resolve().parent / "monitoring"
 EVERY_TOGGLE = (
@@ -63,10 +67,21 @@ def exposed_names(families: Iterable[Metric]) -> set[str]:
     return {family.name + suffix for family in families for suffix in suffixes.get(family.type, [""])}
 
 
-def exported_metrics() -> dict[str, set[str]]:
+def http_layer_metrics(directory: pathlib.Path) -> set[str]:
+    """What both inference servers' shared HTTP layer exports (connections, refusals, TLS reloads)."""
+    registry = CollectorRegistry()
+    volume = SecretVolume(directory / "tls", Authority().issue())
+    settings = http_settings(parse_options([], {}, prog="serve", description="", flags=HTTP_FLAGS), {})
+    Connections(settings, lambda status, message: b"", None, registry)
+    CertificateStore(TlsSettings(volume.cert_file, volume.key_file, reload_seconds=10), registry)
+    return exposed_names(registry.collect())
+
+
+def exported_metrics(directory: pathlib.Path) -> dict[str, set[str]]:
     """Every sample name, by exporter, from the real registries (and vLLM's names from the contract)."""
     vllm = [Metric(name, "", kind) for name, kind in contract.VLLM_METRICS.items()]
     return {
+        "inference servers' HTTP layer": http_layer_metrics(directory),
         "operator": exposed_names(operator_metrics.REGISTRY.collect()) | exposed_names(state_metrics.families([])),
         "training head": exposed_names(ProgressState(attempt=1).registry.collect()),
         "inference server": exposed_names(ServingMetrics().registry.collect()),
@@ -102,8 +117,8 @@ def dashboard_queries(board: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.slow  # renders the chart with helm
-def test_every_rule_and_dashboard_query_names_an_exported_metric() -> None:
-    exported = exported_metrics()
+def test_every_rule_and_dashboard_query_names_an_exported_metric(tmp_path: pathlib.Path) -> None:
+    exported = exported_metrics(tmp_path)
     known = set().union(*exported.values())
     queries = {f"rule {r['alert']}": r["expr"] for group in rule_groups() for r in group["rules"]}
     for file, board in dashboards().items():
@@ -118,9 +133,9 @@ def test_every_rule_and_dashboard_query_names_an_exported_metric() -> None:
         assert names & used, f"nothing shows the {exporter}'s metrics"
 
 
-def test_the_name_check_catches_a_misspelled_metric() -> None:
+def test_the_name_check_catches_a_misspelled_metric(tmp_path: pathlib.Path) -> None:
     assert metric_names("sum(rate(maas_inference_request_total[$__rate_interval]))") == {"maas_inference_request_total"}
-    known = set().union(*exported_metrics().values())
+    known = set().union(*exported_metrics(tmp_path).values())
     assert "maas_inference_request_total" not in known and "maas_inference_requests_total" in known
 
 
@@ -179,20 +194,26 @@ def test_pod_monitors_select_the_pods_the_operator_creates() -> None:
         {"trainer": {"model": "mlp", "dataset": {"uri": "sklearn:digits"}}, "output": {"uri": "s3://models/digits"}}
     )
     service = Owner("ModelService", "digits", "team-a", "uid-2")
-    service_spec = ModelServiceSpec.model_validate({"model": {"uri": "s3://models/digits"}})
     served = ServedModel(uri="s3://models/digits", sha256="1" * 64)
-    pods = {
-        "training": build_job.head_pod(job, job_spec, 1, "image"),
-        "serving": build_service.deployment(service, service_spec, served, "stable", "image", 1)["spec"]["template"],
-    }
+
+    def serving(**server: Any) -> dict[str, Any]:
+        spec = ModelServiceSpec.model_validate({"model": {"uri": "s3://models/digits"}, "server": server})
+        return build_service.deployment(service, spec, served, "stable", "image", 1)["spec"]["template"]  # type: ignore[no-any-return]
+
+    pods = [
+        ("training", build_job.head_pod(job, job_spec, 1, "image"), "http"),
+        ("serving", serving(), "http"),
+        ("serving", serving(tls={"secretRef": {"name": "digits-tls"}}), "https"),  # Prometheus follows the port
+    ]
     worker = build_job.worker_pod(job, job_spec, 1, 0, "image")
-    for workload, pod in pods.items():
+    for workload, pod, scheme in pods:
         spec = monitors[workload]["spec"]
         labels = pod["metadata"]["labels"]
         assert spec["selector"]["matchLabels"].items() <= labels.items(), workload
         ports = {port["name"] for container in pod["spec"]["containers"] for port in container.get("ports", [])}
-        endpoint = spec["podMetricsEndpoints"][0]
-        assert endpoint["port"] in ports, workload
+        (endpoint,) = [endpoint for endpoint in spec["podMetricsEndpoints"] if endpoint["port"] in ports]
+        assert endpoint.get("scheme", "http") == scheme, workload
+        assert ("tlsConfig" in endpoint) == (scheme == "https")
         owner_label = endpoint["relabelings"][0]["sourceLabels"][0].removeprefix("__meta_kubernetes_pod_label_")
         assert owner_label in {re.sub(r"[^a-zA-Z0-9_]", "_", key) for key in labels}, workload
     assert not monitors["training"]["spec"]["selector"]["matchLabels"].items() <= worker["metadata"]["labels"].items()

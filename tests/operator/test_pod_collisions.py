@@ -189,7 +189,11 @@ def test_builders_never_duplicate_and_objects_stay_valid() -> None:
 
 def test_every_variable_label_and_annotation_the_operator_sets_is_classified() -> None:
     """A new operator-set name must be reserved (refused from users) or overridable: decided, not left to chance."""
-    objects = tj_pods({"runPolicy.queueName": "q"}) + ms_children({"resources.cpu": "1", "auth": None})
+    objects = (
+        tj_pods({"runPolicy.queueName": "q"})
+        + ms_children({"resources.cpu": "1", "auth": None})
+        + ms_children({"server.tls": {"secretRef": {"name": "tls"}}})
+    )
     operator_env = {e["name"] for pod in pod_specs(objects) for e in container(pod)["env"]}
     assert operator_env <= pods.RESERVED_ENV | pods.USER_OVERRIDABLE_ENV
     contract_knobs = {"MAAS_PROGRESS_PORT", "MAAS_TERMINATION_LOG", "MAAS_AUTH_TOKEN"}

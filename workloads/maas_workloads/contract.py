@@ -114,6 +114,8 @@ MANIFEST_FILE: Final = "manifest.json"
 # --- What the operator hands to serving pods ----------------------------------------------
 SERVING_PORT: Final = 8080
 SERVING_PORT_NAME: Final = "http"
+SERVING_TLS_PORT_NAME: Final = "https"
+"""The serving port's name when the server speaks HTTPS (`spec.server.tls`); probes, Service, PodMonitor follow."""
 HEALTH_LIVE_PATH: Final = "/v2/health/live"
 HEALTH_READY_PATH: Final = "/v2/health/ready"
 ENV_MODEL_NAME: Final = "MAAS_MODEL_NAME"
@@ -188,6 +190,21 @@ DEFAULT_KEEP_ALIVE_TIMEOUT_SECONDS: Final = 75.0
 """Longer than common load balancers' idle timeouts (AWS ALB 60 s), so that they close first:
 a server closing an idle connection races with a client sending on it."""
 DEFAULT_MAX_CONNECTIONS: Final = 1024
+
+# --- HTTPS (spec.server.tls) ----------------------------------------------------------------
+# The operator mounts the user's `kubernetes.io/tls` Secret (never reading it) at TLS_MOUNT and
+# points the server at its two keys; the server reloads a rotated pair without a restart.
+ENV_TLS_CERT_FILE: Final = "MAAS_TLS_CERT_FILE"
+"""PEM certificate chain (leaf first); with ENV_TLS_KEY_FILE the server speaks HTTPS only."""
+ENV_TLS_KEY_FILE: Final = "MAAS_TLS_KEY_FILE"
+ENV_TLS_RELOAD_SECONDS: Final = "MAAS_TLS_RELOAD_SECONDS"
+"""How often the server checks the two files for a new certificate (a rotated Secret)."""
+DEFAULT_TLS_RELOAD_SECONDS: Final = 10.0
+"""Small next to the kubelet's own delay in updating a mounted Secret (its sync period, about a minute)."""
+TLS_MOUNT: Final = "/etc/maas/tls"
+TLS_CERT_KEY: Final = "tls.crt"
+TLS_KEY_KEY: Final = "tls.key"
+"""The keys of a `kubernetes.io/tls` Secret, which become the files under TLS_MOUNT."""
 
 # --- Causal language models (OpenAI API, vLLM's HTTP contract) ------------------------------
 # The built-in server speaks the OpenAI API when the artifact's manifest is `hf-causal-lm`;

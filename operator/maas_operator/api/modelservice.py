@@ -12,17 +12,16 @@ from maas_operator.api.common import (
     Condition,
     LocalObjectReference,
     ObjectName,
-    SecretKeySelector,
     cel,
     conditions_schema_extra,
     preserve_unknown,
 )
 from maas_operator.api.llm import Engine, GenerationSpec, ModelCacheSpec, VllmSpec
 from maas_operator.api.names import max_name_length, name_rules
-from maas_operator.api.pods import Annotations, PodOptions, pod_rules
+from maas_operator.api.pods import PodOptions, pod_rules
+from maas_operator.api.serving import AuthSpec, BatchingSpec, ServerSpec, ServiceOptions
 from maas_operator.api.validation import DNS1035_LABEL, Rule, enforcer, full_match, int_or_string
 from maas_operator.api.variants import VARIANT_RULES
-from maas_workloads import contract
 from maas_workloads.artifact import VariantName
 
 KIND = "ModelService"
@@ -185,30 +184,6 @@ class AutoscalingSpec(ApiModel):
         return self.target if self.target is not None else DEFAULT_TARGETS[self.effective_metric(llm)]
 
 
-class BatchingSpec(ApiModel):
-    """Dynamic batching in the server: requests are combined up to maxBatchSize or maxDelayMs."""
-
-    max_batch_size: int = Field(default=contract.DEFAULT_MAX_BATCH_SIZE, ge=1, le=65_536)
-    max_delay_ms: int = Field(default=round(contract.DEFAULT_MAX_DELAY_MS), ge=0, le=10_000)
-    """How long the first request of a batch waits for others."""
-    max_queue_size: int = Field(default=contract.DEFAULT_MAX_QUEUE_SIZE, ge=1, le=1_000_000)
-    """Requests waiting beyond this are refused at once with 429 and Retry-After."""
-
-
-class ServerSpec(ApiModel):
-    port: int = Field(default=8080, ge=1024, le=65_535)
-    """Container port of the server (the Service always listens on 80)."""
-    timeout_seconds: int = Field(default=round(contract.DEFAULT_TIMEOUT_SECONDS), ge=1, le=3600)
-    """Default per-request deadline (504 when it cannot be met); also bounds the drain on shutdown."""
-    max_request_bytes: int = Field(default=contract.DEFAULT_MAX_REQUEST_BYTES, ge=1024, le=2**31 - 1)
-    """Larger request bodies are refused with 413."""
-
-
-class AuthSpec(ApiModel):
-    token_secret_ref: SecretKeySelector
-    """The server requires `Authorization: Bearer <token>` with the token stored under this key."""
-
-
 class CanarySpec(ApiModel):
     """A candidate model served next to the stable one, in its own Deployment."""
 
@@ -264,12 +239,6 @@ class DisruptionSpec(ApiModel):
         if self.min_available is not None and self.max_unavailable is not None:
             raise ValueError("set minAvailable or maxUnavailable, not both")
         return self
-
-
-class ServiceOptions(ApiModel):
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
-    annotations: Annotations = Field(default_factory=dict)
-    """Annotations of the Service (for example for a cloud load balancer)."""
 
 
 class ModelServiceSpec(PodOptions):

@@ -46,7 +46,11 @@ from maas_workloads import contract
 OPERATOR_VOLUME_PREFIX = "maas-"
 SCRATCH_MOUNT_PATHS = ("/tmp", "/dev/shm", contract.MODEL_CACHE_MOUNT)
 """Where the operator mounts scratch volumes; a user's mount at one of them replaces the operator's."""
-RESERVED_MOUNT_ROOT = contract.PVC_MOUNT_ROOT
+RESERVED_MOUNT_ROOTS = {
+    contract.PVC_MOUNT_ROOT: "storage claims and pvc:// models",
+    contract.TLS_MOUNT: "the server's certificate",
+}
+"""Where the operator mounts volumes of its own; a user's mount at or under one of them is refused."""
 RESERVED_MOUNT_PATHS = (contract.TERMINATION_LOG,)
 RESERVED_ENV = frozenset(
     {
@@ -77,6 +81,8 @@ RESERVED_ENV = frozenset(
         contract.ENV_DRAIN_DELAY_SECONDS,
         contract.ENV_DEVICE,
         contract.ENV_MODEL_CACHE_DIR,
+        contract.ENV_TLS_CERT_FILE,
+        contract.ENV_TLS_KEY_FILE,
     }
 )
 """The pods' contract with the operator: set from the spec (or fixed), never by `env`."""
@@ -227,7 +233,12 @@ class VolumeMount(ApiModel):
 
 
 def _reserved_path(path: str) -> bool:
-    return path == RESERVED_MOUNT_ROOT or path.startswith(f"{RESERVED_MOUNT_ROOT}/") or path in RESERVED_MOUNT_PATHS
+    under = any(path == root or path.startswith(f"{root}/") for root in RESERVED_MOUNT_ROOTS)
+    return under or path in RESERVED_MOUNT_PATHS
+
+
+def _cel_not_under(root: str) -> str:
+    return f"m.mountPath != '{root}' && !m.mountPath.startsWith('{root}/')"
 
 
 def _names(items: list[Any], attribute: str) -> list[str]:
@@ -253,9 +264,9 @@ VOLUME_RULES = [
 ]
 MOUNT_RULES = [
     Rule(
-        f"self.all(m, m.mountPath != '{RESERVED_MOUNT_ROOT}' && !m.mountPath.startsWith('{RESERVED_MOUNT_ROOT}/')"
+        f"self.all(m, {' && '.join(_cel_not_under(root) for root in RESERVED_MOUNT_ROOTS)}"
         f" && !(m.mountPath in {cel_list(RESERVED_MOUNT_PATHS)}))",
-        f"{RESERVED_MOUNT_ROOT} (storage claims and pvc:// models) and "
+        f"{', '.join(f'{root} ({what})' for root, what in RESERVED_MOUNT_ROOTS.items())} and "
         f"{', '.join(RESERVED_MOUNT_PATHS)} are the operator's: mount elsewhere",
         lambda mounts: not any(_reserved_path(path) for path in _names(mounts, "mount_path")),
     ),

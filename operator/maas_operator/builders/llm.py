@@ -16,6 +16,7 @@ from typing import Any, Final
 from maas_operator.api.llm import GenerationSpec
 from maas_operator.api.modelservice import ModelServiceSpec, ServedModel
 from maas_operator.api.quantity import parse_quantity
+from maas_operator.builders import tls
 from maas_operator.builders.meta import Owner
 from maas_operator.builders.pods import (
     CONTAINER_SECURITY_CONTEXT,
@@ -111,7 +112,7 @@ def health_probes(spec: ModelServiceSpec) -> dict[str, Any]:
 
     def probe(period: int, failures: int) -> dict[str, Any]:
         return {
-            "httpGet": {"path": contract.LLM_HEALTH_PATH, "port": contract.SERVING_PORT_NAME},
+            "httpGet": tls.http_get(spec, contract.LLM_HEALTH_PATH),
             "periodSeconds": period,
             "failureThreshold": failures,
             "timeoutSeconds": 5,
@@ -156,7 +157,7 @@ def vllm_args(spec: ModelServiceSpec, served_name: str, model: ServedModel) -> l
     if generation.lora_adapters:
         modules = [f"{adapter.name}={directory}-lora-{adapter.name}" for adapter in generation.lora_adapters]
         args += ["--enable-lora", "--max-loras", str(len(modules)), "--lora-modules", *modules]
-    return args + list(spec.vllm.extra_args)
+    return args + tls.vllm_args(spec) + list(spec.vllm.extra_args)
 
 
 def vllm_env(spec: ModelServiceSpec) -> dict[str, str]:

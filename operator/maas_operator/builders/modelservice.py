@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from maas_operator.api.modelservice import AutoscalingSpec, ModelServiceSpec, ServedModel
 from maas_operator.api.quantity import whole_cpus
-from maas_operator.builders import llm
+from maas_operator.builders import llm, tls
 from maas_operator.builders.meta import Owner, child_labels, child_metadata, selector_labels
 from maas_operator.builders.pods import (
     CONTAINER_SECURITY_CONTEXT,
@@ -34,7 +34,6 @@ COMPONENT = "server"
 ANNOTATION_SPEC_HASH = f"{contract.API_GROUP}/spec-hash"
 ANNOTATION_MODEL_URI = f"{contract.API_GROUP}/model-uri"
 ANNOTATION_MODEL_SHA256 = f"{contract.API_GROUP}/model-sha256"
-SERVICE_PORT = 80
 PRE_STOP_SECONDS = 5
 """Endpoints controllers and load balancers stop sending new requests within this time."""
 SHUTDOWN_MARGIN_SECONDS = 5
@@ -53,8 +52,10 @@ def deployment_name(owner: Owner, track: Track) -> str:
     return owner.name if track == "stable" else f"{owner.name}-canary"
 
 
-def service_url(owner: Owner) -> str:
-    return f"http://{owner.name}.{owner.namespace}.svc"
+def service_url(owner: Owner, spec: ModelServiceSpec) -> str:
+    """The Service's in-cluster URL: https (port 443) with `server.tls`, else http (port 80)."""
+    scheme = "https" if tls.enabled(spec) else "http"
+    return f"{scheme}://{owner.name}.{owner.namespace}.svc"
 
 
 def serving_selector(owner: Owner) -> dict[str, str]:
@@ -119,6 +120,7 @@ def _server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, uri: s
         contract.ENV_DRAIN_DELAY_SECONDS: "0",
         contract.ENV_DEVICE: "cuda" if spec.resources.gpu else "cpu",
         contract.ENV_MODEL_CACHE_DIR: contract.MODEL_CACHE_MOUNT,
+        **tls.server_env(spec),
         "HOME": "/tmp",
         "PYTHONUNBUFFERED": "1",
     }
@@ -132,9 +134,9 @@ def _server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, uri: s
     return env
 
 
-def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
+def _http_probe(spec: ModelServiceSpec, path: str, period: int, failures: int, timeout: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": contract.SERVING_PORT_NAME},
+        "httpGet": tls.http_get(spec, path),
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": timeout,
@@ -163,25 +165,26 @@ def pod_template(
     owner: Owner, spec: ModelServiceSpec, model: ServedModel, track: Track, default_image: str
 ) -> dict[str, Any]:
     uri, model_volumes = model_location(model)
-    volumes, mounts = volumes_and_mounts([TMP, MODEL_CACHE, *model_volumes], spec)
+    volumes, mounts = volumes_and_mounts([TMP, MODEL_CACHE, *model_volumes, *tls.volume(spec)], spec)
     selector = track_selector(owner, track)
     container: dict[str, Any] = {
         "name": "server",
         "image": spec.image or default_image,
         "command": list(contract.SERVE_COMMAND),
-        "ports": [{"name": contract.SERVING_PORT_NAME, "containerPort": spec.server.port, "protocol": "TCP"}],
+        "ports": [{"name": tls.port_name(spec), "containerPort": spec.server.port, "protocol": "TCP"}],
         "env": env_list(_server_env(owner, spec, model, uri), spec.env),
         "resources": container_resources(spec.resources),
         # Ready only once the model is loaded, verified and warmed up; a slow download gets
         # the whole progress deadline before the kubelet gives up on the container.
         "startupProbe": _http_probe(
+            spec,
             contract.HEALTH_READY_PATH,
             PROBE_PERIOD_SECONDS,
             math.ceil(spec.rollout.progress_deadline_seconds / PROBE_PERIOD_SECONDS),
             2,
         ),
-        "readinessProbe": _http_probe(contract.HEALTH_READY_PATH, PROBE_PERIOD_SECONDS, 2, 2),
-        "livenessProbe": _http_probe(contract.HEALTH_LIVE_PATH, 10, 3, 5),
+        "readinessProbe": _http_probe(spec, contract.HEALTH_READY_PATH, PROBE_PERIOD_SECONDS, 2, 2),
+        "livenessProbe": _http_probe(spec, contract.HEALTH_LIVE_PATH, 10, 3, 5),
         # Keep serving while endpoints drop this pod, then the server drains what is in flight.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
@@ -217,6 +220,7 @@ def pod_template(
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(spec.server.port),
         "prometheus.io/path": contract.METRICS_PATH,
+        **tls.scrape_annotations(spec),
         **spec.annotations,
         **model_annotations(model),
     }
@@ -279,11 +283,11 @@ def service(owner: Owner, spec: ModelServiceSpec) -> dict[str, Any]:
                 "selector": serving_selector(owner),
                 "ports": [
                     {
-                        "name": contract.SERVING_PORT_NAME,
-                        "port": SERVICE_PORT,
-                        "targetPort": contract.SERVING_PORT_NAME,
+                        "name": tls.port_name(spec),
+                        "port": tls.service_port(spec),
+                        "targetPort": tls.port_name(spec),
                         "protocol": "TCP",
-                        "appProtocol": "http",
+                        "appProtocol": tls.port_name(spec),
                     }
                 ],
             },

@@ -75,7 +75,7 @@ class _Planner(ServicePlanner):
         if self.service.spec is None:
             self.reject_spec(self.service.spec_error or "the spec is invalid")
             return self.result()
-        self.update(url=build.service_url(self.owner))
+        self.update(url=build.service_url(self.owner, self.spec))
         stable = resolve(self.spec.model, self.training_jobs, self.status.model)
         canary_spec = self.spec.rollout.canary
         canary_model = self.status.canary.model if self.status.canary else None

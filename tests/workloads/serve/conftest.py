@@ -6,6 +6,7 @@ import os
 import pathlib
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -33,11 +34,22 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m maas_workloads.serve` on a free port, its log in a file."""
+    """`python -m maas_workloads.serve` on a free port, its log in a file.
 
-    def __init__(self, model: str, log_path: pathlib.Path, env: dict[str, str] | None = None, *args: str) -> None:
+    `ca_file`: the server speaks HTTPS (its env names the certificate) with a certificate this CA signed.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        log_path: pathlib.Path,
+        env: dict[str, str] | None = None,
+        *args: str,
+        ca_file: pathlib.Path | None = None,
+    ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
         self.log_path = log_path
         environment = {
             **os.environ,
@@ -66,7 +78,7 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/v2/health/live", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/v2/health/live", timeout=2, verify=self.verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -77,7 +89,7 @@ class Server:
         self.wait_live(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{self.url}/v2/health/ready", timeout=2, verify=self.verify).status_code == 200:
                 return
             time.sleep(0.1)
         raise AssertionError(f"server not ready after {timeout} s:\n{self.log()}")

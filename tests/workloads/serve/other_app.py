@@ -3,7 +3,8 @@
     python -m tests.workloads.serve.other_app     # settings from the same MAAS_* variables
 
 It has its own error shape (OpenAI's), its own public path and readiness, and counts the
-`http.request` messages it receives, to show what every application gets by construction.
+`http.request` messages it receives, to show what every application gets by construction;
+`/metrics` shows the layer's own metrics (connections, refusals, certificate reloads).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry, generate_latest
 
 from maas_workloads.serve.http import logs
 from maas_workloads.serve.http.server import Service, run
@@ -25,12 +27,20 @@ def openai_error(status: int, message: str) -> bytes:
 class EchoApp:
     def __init__(self) -> None:
         self.draining = False
+        self.registry = CollectorRegistry()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/metrics":
+            text = generate_latest(self.registry)
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(text))]}
+            )
+            await send({"type": "http.response.body", "body": text})
             return
         if scope["path"] == "/health":
             status, document = (503, {"draining": True}) if self.draining else (200, {"ok": True})
@@ -55,7 +65,10 @@ def main() -> None:
     settings = http_settings(parse_options([], os.environ, prog="other", description="", flags=HTTP_FLAGS), os.environ)
     logs.configure(settings.log_level)
     app = EchoApp()
-    run(Service(app, begin_drain=app.begin_drain, public_paths={"/health"}, error_body=openai_error), settings)
+    service = Service(
+        app, begin_drain=app.begin_drain, public_paths={"/health"}, error_body=openai_error, registry=app.registry
+    )
+    run(service, settings)
 
 
 if __name__ == "__main__":

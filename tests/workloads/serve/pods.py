@@ -17,10 +17,10 @@ TOKEN = "s3cr3t-token"
 LOCAL_ONLY = {contract.ENV_PORT, contract.ENV_MODEL_CACHE_DIR, contract.ENV_HOST}
 
 
-def operator_pod(model_dir: pathlib.Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+def operator_pod(model_dir: pathlib.Path, env: dict[str, str] | None = None, *, tls: bool = False) -> dict[str, Any]:
     """The pod template and HPA the operator renders for a ModelService serving `model_dir`.
 
-    `env`: the ModelService's own `env` entries (name -> value).
+    `env`: the ModelService's own `env` entries (name -> value). `tls`: with `server.tls`.
     """
     spec = ModelServiceSpec.model_validate(
         {
@@ -29,6 +29,7 @@ def operator_pod(model_dir: pathlib.Path, env: dict[str, str] | None = None) -> 
             "autoscaling": {"minReplicas": 1, "maxReplicas": 4, "metric": "inflight"},
             "auth": {"tokenSecretRef": {"name": "digits-token", "key": "token"}},
             "env": [{"name": name, "value": value} for name, value in (env or {}).items()],
+            "server": {"tls": {"secretRef": {"name": "digits-tls"}}} if tls else {},
         }
     )
     model = ServedModel(uri=f"file://{model_dir}", sha256=sha256_file(model_dir / contract.MANIFEST_FILE))
@@ -38,13 +39,18 @@ def operator_pod(model_dir: pathlib.Path, env: dict[str, str] | None = None) -> 
     return {"template": deployment["spec"]["template"], "hpa": hpa}
 
 
-def server_env(container: dict[str, Any], cache_dir: pathlib.Path) -> dict[str, str]:
-    """The container's environment as the kubelet would resolve it (the Secret's key is TOKEN)."""
+def server_env(
+    container: dict[str, Any], cache_dir: pathlib.Path, tls_dir: pathlib.Path | None = None
+) -> dict[str, str]:
+    """The container's environment as the kubelet would resolve it (the Secret's key is TOKEN; the
+    TLS Secret, when mounted, is the volume at `tls_dir`)."""
     env: dict[str, str] = {}
     for variable in container["env"]:
         if variable["name"] in LOCAL_ONLY:
             continue
         secret = variable.get("valueFrom", {}).get("secretKeyRef")
         env[variable["name"]] = TOKEN if secret else variable["value"]
+        if tls_dir is not None and env[variable["name"]].startswith(f"{contract.TLS_MOUNT}/"):
+            env[variable["name"]] = env[variable["name"]].replace(contract.TLS_MOUNT, str(tls_dir), 1)
     env[contract.ENV_MODEL_CACHE_DIR] = str(cache_dir)
     return env

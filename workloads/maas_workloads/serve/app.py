@@ -36,8 +36,9 @@ from maas_workloads.serve.state import ModelState
 
 SERVER_NAME: Final = "maas-inference-server"
 EXTENSIONS: Final = ["binary_tensor_data", "classification"]
-PUBLIC_PATHS: Final = frozenset({"/v2/health/live", "/v2/health/ready"})
-"""Served without the bearer token: the probes' paths."""
+PUBLIC_PATHS: Final = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+"""Served without the bearer token: the probes' paths, and /metrics, which Prometheus scrapes with one
+PodMonitor for every ModelService (each has its own token) and the autoscaler reads (as vLLM and Triton)."""
 _HEADER_LENGTH_NAME: Final = oip.HEADER_LENGTH.encode()
 _HEADER_LENGTH: Final = frozenset({_HEADER_LENGTH_NAME})
 _JSON: Final = b"application/json"

@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "uri": settings.model_uri,
             "port": settings.http.port,
             "auth": settings.http.auth_token is not None,
+            "tls": settings.http.tls is not None,
             "threads": os.environ.get("OMP_NUM_THREADS"),
         },
     )

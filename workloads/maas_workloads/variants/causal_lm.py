@@ -50,7 +50,8 @@ class Int8PackLinear(nn.Module):
         y = torch.ops.aten._weight_int8pack_mm(rows, self.qdata, self.scale)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+        result: torch.Tensor = y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+        return result
 
 
 def use_int8_kernels(model: nn.Module) -> int:
@@ -75,7 +76,7 @@ def load(directory: pathlib.Path, dtype: torch.dtype | None = None) -> Any:
     """The causal LM in `directory` on CPU as the built-in engine runs it (int8 layers on the int8 kernel)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto", attn_implementation="sdpa")
+    model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or "auto", attn_implementation="sdpa")
     use_int8_kernels(model)
     return model.eval()
 

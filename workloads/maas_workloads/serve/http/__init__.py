@@ -9,6 +9,8 @@
 - `server`: per process — `Service` (what an application provides) and `run`, the signal
   handling and drain sequence.
 - `transport`: a response's writes gathered into one system call per event-loop turn.
+- `tls`: HTTPS — the certificate every handshake uses, reloaded when its files change (a
+  rotated Kubernetes Secret); the handshake itself runs under `protocol`'s limits.
 - `auth`, `logs`: the bearer-token check and the JSON logs those use.
 
 An application never needs to re-implement any of it: it provides an ASGI callable, a

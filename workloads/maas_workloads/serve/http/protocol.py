@@ -23,6 +23,13 @@ connections and the drain can act on each by what it is doing:
 Connections waiting in the phases that may give way at the cap are kept in insertion-ordered
 dicts, so that finding the one to close is O(1) however many are open.
 
+HTTPS (`Connections.tls` set) keeps all of this in front of the handshake: the connection is
+ours from its TCP accept, so it counts against the cap, sits in AWAITING and has the header
+deadline running while the event loop's TLS layer (uvloop's, the one `loop.start_tls` uses)
+runs the handshake; the parser then sees the decrypted bytes under the same limits. A client
+that opens TCP and never completes the handshake is closed by the header deadline, or evicted
+as the connection waiting longest for its headers.
+
 The hot path (a whole request in one read) arms no timer of its own and copies no bytes, and
 a response's head and body leave in one write (`transport.CoalescingTransport`).
 """
@@ -38,11 +45,13 @@ from typing import Any, Final
 import httptools
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from maas_workloads.serve.http.logs import AccessLog
 from maas_workloads.serve.http.settings import HttpSettings
+from maas_workloads.serve.http.tls import CertificateStore, start_handshake
 from maas_workloads.serve.http.transport import CoalescingTransport
 
 ErrorBody = Callable[[int, str], bytes]
@@ -90,11 +99,14 @@ class Connections(ServerState):
         error_body: ErrorBody,
         access_log: AccessLog | None,
         registry: CollectorRegistry | None,
+        tls: CertificateStore | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.error_body = error_body
         self.access_log = access_log
+        self.tls = tls
+        """The certificate every new connection's handshake uses; None: plain HTTP."""
         self.draining = False
         self.evictable: dict[Phase | None, dict[GuardedProtocol, None]] = {phase: {} for phase in _EVICTION_ORDER}
         """Per phase that may give way at the cap, its connections in the order they entered it."""
@@ -159,9 +171,15 @@ class GuardedProtocol(HttpToolsProtocol):
         """Bytes fed to the parser while inside the current request's headers (an upper bound)."""
         self._max_header_bytes = server_state.settings.max_header_bytes
         self._dropped = 0
+        self._lost = False
+        self._tls: asyncio.BaseProtocol | None = None
+        """The TLS layer while its handshake runs; None before, after, and for plain HTTP."""
 
     # --- connection events ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self._tls is not None:  # the second call, from the TLS layer: the handshake succeeded
+            self._secured(transport)
+            return
         super().connection_made(transport)
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self._enter(_AWAITING)
@@ -170,8 +188,34 @@ class GuardedProtocol(HttpToolsProtocol):
             self.begin_drain()
         if len(self.connections) > self.guard.settings.max_connections and not self.guard.make_room(self):
             self._refuse_at_cap()
+        elif self.guard.tls is not None:
+            # The header deadline armed above bounds the handshake too (the layer's own timeout is
+            # set just past it); when it succeeds the TLS layer calls connection_made again.
+            timeout = self.guard.settings.header_timeout_seconds + 1
+            self._tls = start_handshake(transport, self, self.guard.tls.context, timeout, self._handshake_ended)
+
+    def _secured(self, transport: asyncio.Transport) -> None:
+        """The handshake succeeded: requests arrive, and responses leave, through `transport`."""
+        self._tls = None
+        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        self.flow = FlowControl(transport)
+        self.scheme = "https"
+
+    def _handshake_ended(self, waiter: asyncio.Future[None]) -> None:
+        if self._tls is None:  # secured
+            return
+        # Failed (a bad client hello, plain HTTP, an alert, a reset) or closed under it (the
+        # deadline, the cap, the drain). The TLS layer does not report a connection lost during
+        # the handshake to its application: this is where it ends.
+        if not waiter.cancelled() and waiter.exception() is not None and self.phase is _AWAITING:
+            self.guard.rejected.labels("tls_handshake").inc()
+        self._tls = None
+        self.connection_lost(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:  # a failed handshake may be reported both by its waiter and by the TLS layer
+            return
+        self._lost = True
         self._cancel_deadline()
         self._enter(None)
         super().connection_lost(exc)
@@ -266,6 +310,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse_at_cap(self) -> None:
         self.guard.rejected.labels("connection_limit").inc()
+        if self.guard.tls is not None:  # no answer can be read before a handshake, which costs more than a close
+            self._close()
+            return
         limit = self.guard.settings.max_connections
         self._respond(
             http.HTTPStatus.SERVICE_UNAVAILABLE,

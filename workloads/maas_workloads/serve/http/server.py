@@ -16,6 +16,9 @@ timeout, connection cap) and `front` (auth before work, bounded and complete bod
 3. When no connection is left, or at t0 + `drain_seconds`: the remaining connections are
    closed, the application's lifespan shutdown runs (the batcher finishes its queue), and
    the process exits 0. A second signal exits at once.
+
+With `HttpSettings.tls` the same server speaks HTTPS only, its certificate reloaded when the
+files change (`tls`); the guards above apply from each connection's TCP accept, handshake included.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import contextlib
 import logging
 import resource
 import signal
-from collections.abc import Callable, Collection
+import socket
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Final
@@ -38,6 +42,7 @@ from maas_workloads.serve.http.front import ASGIApp, Front
 from maas_workloads.serve.http.logs import AccessLog
 from maas_workloads.serve.http.protocol import Connections, ErrorBody, GuardedProtocol
 from maas_workloads.serve.http.settings import HttpSettings, SettingsError
+from maas_workloads.serve.http.tls import certificate_store
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +83,19 @@ class DrainingServer(uvicorn.Server):
         self._signalled = False
         self._drain_started: float | None = None
         self._drain: asyncio.Task[None] | None = None
+        self._reloads: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
+        if self._connections.tls is not None:
+            self._reloads = self._loop.create_task(self._connections.tls.watch(), name="certificate-reloads")
         await super().startup(sockets)  # type: ignore[arg-type]
+
+    def _log_started_message(self, listeners: Sequence[socket.SocketType]) -> None:
+        # uvicorn's own line would say http:// for HTTPS too: TLS here is the guard's, not uvicorn's.
+        port = listeners[0].getsockname()[1] if listeners else self.config.port
+        scheme = "https" if self._connections.tls is not None else "http"
+        log.info("listening", extra={"url": f"{scheme}://{self.config.host}:{port}"})
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Replaces uvicorn's handler, which would re-raise the signal after shutdown and so
@@ -127,6 +141,8 @@ class DrainingServer(uvicorn.Server):
             connection.transport.close()
         for task in list(self._connections.tasks):
             task.cancel()
+        if self._reloads is not None:
+            self._reloads.cancel()
         if not self.force_exit:
             await self.lifespan.shutdown()
         log.info("drained", extra={"seconds": round(loop.time() - self._drain_started, 3)})
@@ -154,9 +170,13 @@ def ensure_file_limit(max_connections: int) -> None:
 
 
 def build(service: Service, settings: HttpSettings) -> DrainingServer:
-    """The server for `service`, not started (`run` starts it; tests may drive it themselves)."""
+    """The server for `service`, not started (`run` starts it; tests may drive it themselves).
+
+    Raises SettingsError when `settings.tls` names a certificate and key that cannot be loaded.
+    """
     access_log = AccessLog() if settings.access_log else None
-    connections = Connections(settings, service.error_body, access_log, service.registry)
+    tls = certificate_store(settings, service.registry)
+    connections = Connections(settings, service.error_body, access_log, service.registry, tls)
     front = Front(service.app, connections, public_paths=service.public_paths, access_log=access_log)
     config = uvicorn.Config(
         front,
@@ -177,7 +197,8 @@ def run(service: Service, settings: HttpSettings) -> bool:
     """Serve until a signal has drained the server (see the module docstring).
 
     Returns whether the server started (bound its port and completed the lifespan startup).
-    Raises SettingsError when `max_connections` cannot fit the process's file limit.
+    Raises SettingsError when `max_connections` cannot fit the process's file limit, or the
+    TLS certificate and key cannot be loaded.
     """
     ensure_file_limit(settings.max_connections)
     server = build(service, settings)

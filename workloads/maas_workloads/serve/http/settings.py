@@ -126,6 +126,17 @@ class HttpSettings:
     """Bound on the whole drain after SIGTERM."""
     drain_delay_seconds: float
     """After SIGTERM, keep accepting new connections this long (readiness already says 503)."""
+    tls: TlsSettings | None = None
+    """HTTPS with this certificate; None: plain HTTP."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The server's certificate and key files (PEM), and how often they are checked for a new pair."""
+
+    cert_file: pathlib.Path
+    key_file: pathlib.Path
+    reload_seconds: float
 
 
 HTTP_FLAGS: tuple[Flag, ...] = (
@@ -173,6 +184,13 @@ HTTP_FLAGS: tuple[Flag, ...] = (
         contract.ENV_DRAIN_DELAY_SECONDS,
         f"keep accepting connections after SIGTERM (default: {contract.DEFAULT_DRAIN_DELAY_SECONDS:g})",
     ),
+    Flag("--tls-cert-file", contract.ENV_TLS_CERT_FILE, "PEM certificate chain: serve HTTPS (with --tls-key-file)"),
+    Flag("--tls-key-file", contract.ENV_TLS_KEY_FILE, "PEM private key of --tls-cert-file"),
+    Flag(
+        "--tls-reload-seconds",
+        contract.ENV_TLS_RELOAD_SECONDS,
+        f"check the two files for a new certificate this often (default: {contract.DEFAULT_TLS_RELOAD_SECONDS:g})",
+    ),
 )
 
 
@@ -196,6 +214,23 @@ def http_settings(options: Options, environ: Mapping[str, str]) -> HttpSettings:
         max_connections=options.number("max_connections", int, contract.DEFAULT_MAX_CONNECTIONS, 1),
         drain_seconds=options.number("drain_seconds", float, contract.DEFAULT_DRAIN_SECONDS, 0.0),
         drain_delay_seconds=options.number("drain_delay_seconds", float, contract.DEFAULT_DRAIN_DELAY_SECONDS, 0.0),
+        tls=tls_settings(options),
+    )
+
+
+def tls_settings(options: Options) -> TlsSettings | None:
+    """HTTPS settings from parsed HTTP_FLAGS: both files or neither (SettingsError naming the missing one)."""
+    cert, key = options.text("tls_cert_file"), options.text("tls_key_file")
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = ("--tls-cert-file", "--tls-key-file") if key is None else ("--tls-key-file", "--tls-cert-file")
+        flags = {flag.name: flag for flag in HTTP_FLAGS}
+        raise SettingsError(f"{flags[given]} needs {flags[missing]} too: HTTPS takes a certificate and its key")
+    return TlsSettings(
+        cert_file=pathlib.Path(cert),
+        key_file=pathlib.Path(key),
+        reload_seconds=options.number("tls_reload_seconds", float, contract.DEFAULT_TLS_RELOAD_SECONDS, 0.1),
     )
 
 
