@@ -87,7 +87,9 @@ class OutputSpec(StorageLocation):
     Runtime). A ModelService picks one with spec.model.variant."""
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=100)
     """Publish only the variants that cost at most this much: validation accuracy points for
-    classifiers (1 allows 95% -> 94%). Unset: every variant is published, with its measured cost."""
+    classifiers (1 allows 95% -> 94%); for causal LMs, the largest ratio of the variant's validation
+    perplexity to the full model's (1.05 allows 5% more). Unset: every variant is published, with
+    its measured cost."""
 
     @model_validator(mode="after")
     def _distinct(self) -> OutputSpec:

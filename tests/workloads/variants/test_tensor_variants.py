@@ -17,10 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from maas_workloads import artifact
+from maas_operator.api.trainer import ModelOptions
+from maas_workloads import artifact, contract
 from maas_workloads.contract import MANIFEST_FILE
+from maas_workloads.launch import write_termination_message
 from maas_workloads.serve import model as loader
 from maas_workloads.serve import settings, sources
+from maas_workloads.train import models, publish
+from maas_workloads.variants.tensor import Validation
 from tests.workloads.variants.artifacts import digits_split, evaluation_batches, export, trained_mlp
 
 ALL = ("int8", "fp16", "bf16", "onnx")
@@ -156,3 +160,38 @@ def test_the_server_flag_names_the_variants() -> None:
     assert parsed.model_variant == "onnx"
     with pytest.raises(settings.SettingsError, match=r"--variant \(MAAS_MODEL_VARIANT\) must be one of int8, fp16"):
         settings.parse(["--model", "/m"], {"MAAS_MODEL_VARIANT": "int4"})
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_every_built_in_model_publishes_every_variant(name: str, tmp_path: pathlib.Path) -> None:
+    train, validation = digits_split()
+    options = ModelOptions(hidden_size=16, layers=1)
+    model = models.build(name, options, train.features, train.num_classes, train.image_shape).eval()
+    manifest, digest = publish.export(
+        model,
+        torch.from_numpy(train.features[:2]),
+        tmp_path / name,
+        source=artifact.Source(),
+        metrics={},
+        variants=ALL,
+        validation=Validation(validation.features[:64], validation.labels[:64]),
+    )
+    assert sorted(manifest.variants) == sorted(ALL) and not manifest.rejected_variants
+    for variant in ALL:
+        loader.load(tmp_path / name, expected_sha256=digest, device="cpu", variant=variant)
+
+
+def test_the_termination_message_keeps_every_variant_outcome_under_the_limit(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAAS_TERMINATION_LOG", str(tmp_path / "log"))
+    variants: list[contract.VariantReport] = [
+        {"name": name, "published": name != "int8", "message": "m" * 300, "metrics": {f"x{i}": 1.0 for i in range(100)}}
+        for name in ALL
+    ]
+    write_termination_message({"model": {"uri": "s3://b/m", "sha256": "ab", "metrics": {}, "variants": variants}})
+    written = json.loads((tmp_path / "log").read_text())
+    assert len((tmp_path / "log").read_bytes()) <= contract.TERMINATION_MESSAGE_MAX_BYTES
+    assert [(v["name"], v["published"], v["metrics"]) for v in written["model"]["variants"]] == [
+        (name, name != "int8", {}) for name in ALL
+    ]

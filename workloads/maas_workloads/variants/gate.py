@@ -50,6 +50,13 @@ def perplexity_outcome(
     return Outcome(name, True, numbers, metrics)
 
 
+MAX_MESSAGE = 300
+"""Characters of a conversion error kept: every outcome must fit the head's 4 KiB termination message."""
+
+
 def failed(name: str, error: Exception) -> Outcome:
     """A variant whose conversion failed: not published, the full model still is."""
-    return Outcome(name, False, f"conversion failed: {type(error).__name__}: {error}")
+    text = f"{type(error).__name__}: {error}"
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 4] + " ..."
+    return Outcome(name, False, f"conversion failed: {text}")

@@ -29,7 +29,7 @@ from maas_workloads.variants import gate
 log = logging.getLogger(__name__)
 EVAL_BATCH = 256
 """Validation rows per forward pass when measuring a variant."""
-INT8_QUANTIZATION = "torch.ao.quantization.quantize_dynamic({Linear}, qint8): int8 weights, activations per batch"
+INT8_QUANTIZATION = "torch.ao.quantization.quantize_dynamic(Linear, qint8): int8 weights, activations per batch"
 """torch.ao's eager dynamic quantization is deprecated in favour of torchao, but on x86 CPUs it
 runs on fbgemm's int8 kernels: measured here (benchmarks/variants.py notes) 3-8x the fp32
 throughput of the heavy MLP, where torchao 0.18's Int8DynamicActivationInt8WeightConfig ran at
@@ -70,11 +70,24 @@ def _trace(module: nn.Module, example: torch.Tensor, path: pathlib.Path) -> None
     program.save(str(path))
 
 
+def quantizable_linears(module: nn.Module) -> set[str]:
+    """Names of the Linear layers dynamic quantization can replace: all but those of PyTorch's
+    Transformer layers, whose forward reads `linear.weight` as a tensor (a quantized Linear's
+    `weight` is a method) and whose attention projections are not quantizable Linear modules."""
+    skipped = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)
+    inside = {f"{name}.{child}" for name, owner in module.named_modules() if isinstance(owner, skipped)
+              for child, _ in owner.named_children()}  # fmt: skip
+    return {name for name, layer in module.named_modules() if isinstance(layer, nn.Linear) and name not in inside}
+
+
 def _int8(module: nn.Module, example: torch.Tensor, folder: pathlib.Path, names: tuple[str, str]) -> _Written:
+    layers = quantizable_linears(module)
+    if not layers:
+        raise ValueError("the model has no Linear layer dynamic int8 quantization can replace")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # see INT8_QUANTIZATION for why this API
         quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            copy.deepcopy(module), {nn.Linear}, dtype=torch.qint8
+            copy.deepcopy(module), {name: torch.ao.quantization.default_dynamic_qconfig for name in layers}
         )
         _trace(quantized, example, folder / "model.pt")
     return _Written("torchscript", "model.pt", ["INT8", "FP32"], INT8_QUANTIZATION)
