@@ -80,7 +80,7 @@ def save_causal_lm(
     if variants and validation:
         from maas_workloads.variants.causal_lm import add_int8_variant
 
-        manifest, _ = add_int8_variant(directory, manifest, validation, max_perplexity_ratio)
+        manifest = add_int8_variant(directory, manifest, validation, max_perplexity_ratio)
     digest = artifact.write_manifest(directory, manifest)
     for name in (None, *manifest.variants):
         artifact.verify(directory, digest, name)

@@ -117,7 +117,7 @@ def export(
         labels=labels,
     )
     if variants and validation is not None:
-        manifest, _ = add_variants(directory, manifest, module, example, variants, validation, max_accuracy_drop)
+        manifest = add_variants(directory, manifest, module, example, variants, validation, max_accuracy_drop)
     digest = artifact.write_manifest(directory, manifest)
     for name in (None, *manifest.variants):
         artifact.verify(directory, digest, name)

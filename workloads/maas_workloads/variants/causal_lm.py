@@ -4,8 +4,8 @@ vLLM (`--quantization torchao`) load as it is.
 
 Weights are int8 with one scale per output row; activations stay bfloat16. On CPUs the built-in
 engine runs those layers on PyTorch's own weight-only int8 kernel (`aten._weight_int8pack_mm`):
-torchao 0.18 dequantizes the whole weight on every call there, no faster than float32 (measured
-in benchmarks/variants.py), where the kernel reads the int8 weight directly. Perplexity is
+torchao 0.18 dequantizes the whole weight on every call there, slower than float32 (the `kernels`
+rates of benchmarks/variants.py), where the kernel reads the int8 weight directly. Perplexity is
 measured through the same loader the engine uses, so the number in the manifest is the one served.
 """
 
@@ -101,12 +101,12 @@ def add_int8_variant(
     manifest: artifact.CausalLMManifest,
     validation: Sequence[Sequence[int]],
     max_perplexity_ratio: float | None,
-) -> tuple[artifact.CausalLMManifest, gate.Outcome]:
+) -> artifact.CausalLMManifest:
     """Quantize the full model in `directory` to `variants/int8/`, measure both on `validation`
     (token id sequences) and judge the int8 variant against `max_perplexity_ratio`.
 
     Returns the manifest with the variant (or its rejection) and the full model's `val_perplexity`
-    added, not yet written, and the outcome. A rejected variant's files are removed.
+    added, not yet written. A rejected variant's files are removed.
     """
     from torchao.quantization import Int8WeightOnlyConfig
     from transformers import AutoModelForCausalLM, TorchAoConfig
@@ -131,7 +131,7 @@ def add_int8_variant(
     if not outcome.published:
         shutil.rmtree(folder, ignore_errors=True)
         rejected = artifact.RejectedVariant(message=outcome.message, metrics=outcome.metrics)
-        return manifest.model_copy(update={"rejected_variants": {"int8": rejected}, "metrics": metrics}), outcome
+        return manifest.model_copy(update={"rejected_variants": {"int8": rejected}, "metrics": metrics})
     files = artifact.describe_variant_files(directory, "int8")
     variant = artifact.Variant(
         format=artifact.CAUSAL_LM_FORMAT,
@@ -143,4 +143,4 @@ def add_int8_variant(
         metrics=outcome.metrics,
         summary=outcome.message,
     )
-    return manifest.model_copy(update={"variants": {"int8": variant}, "metrics": metrics}), outcome
+    return manifest.model_copy(update={"variants": {"int8": variant}, "metrics": metrics})

@@ -2,14 +2,13 @@
 
 `spec.output.maxAccuracyDrop` is in accuracy points (percentage points: 1.0 allows 0.95 -> 0.94)
 for classifiers, and a perplexity ratio (1.05 allows 5% more) for causal LMs. A variant that costs
-more is not published; its outcome says by how much, and reaches `status.model.variants`.
+more is not published: the manifest's `rejectedVariants` says by how much, and the head reports
+it in `status.model.variants`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from maas_workloads import contract
 
 
 @dataclass(frozen=True)
@@ -20,10 +19,6 @@ class Outcome:
     published: bool
     message: str
     metrics: dict[str, float] = field(default_factory=dict)
-
-    def report(self) -> contract.VariantReport:
-        """The termination message's form (`status.model.variants[]`)."""
-        return {"name": self.name, "published": self.published, "message": self.message, "metrics": self.metrics}
 
 
 def accuracy_outcome(name: str, metrics: dict[str, float], full_accuracy: float, max_drop: float | None) -> Outcome:

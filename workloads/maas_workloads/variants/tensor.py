@@ -31,9 +31,9 @@ EVAL_BATCH = 256
 """Validation rows per forward pass when measuring a variant."""
 INT8_QUANTIZATION = "torch.ao.quantization.quantize_dynamic(Linear, qint8): int8 weights, activations per batch"
 """torch.ao's eager dynamic quantization is deprecated in favour of torchao, but on x86 CPUs it
-runs on fbgemm's int8 kernels: measured here (benchmarks/variants.py notes) 3-8x the fp32
-throughput of the heavy MLP, where torchao 0.18's Int8DynamicActivationInt8WeightConfig ran at
-0.3-1.4x and cannot be traced to TorchScript."""
+runs on fbgemm's int8 kernels: several times the float32 rate of the heavy MLP, where torchao
+0.18's Int8DynamicActivationInt8WeightConfig ran below float32 and cannot be traced to
+TorchScript (the `kernels` rates of benchmarks/variants.py, in the README)."""
 
 
 @dataclass(frozen=True)
@@ -154,11 +154,11 @@ def add_variants(
     requested: Sequence[artifact.VariantName],
     validation: Validation,
     max_accuracy_drop: float | None,
-) -> tuple[artifact.TensorManifest, list[gate.Outcome]]:
+) -> artifact.TensorManifest:
     """Convert, measure and judge each requested variant of the full model already in `directory`.
 
-    Returns the manifest with `variants` (and `rejectedVariants`) filled in, not yet written, and
-    every variant's outcome. A rejected variant's files are removed. The full model's
+    Returns the manifest with `variants` (and `rejectedVariants`) filled in, not yet written. A
+    rejected variant's files are removed. The full model's
     `val_accuracy` in the returned metrics is the one measured here, next to the variants'.
     """
     full_logits = logits_of(manifest, directory / manifest.model_file, validation)
@@ -166,7 +166,6 @@ def add_variants(
     names = (manifest.inputs[0].name, manifest.outputs[0].name)
     variants: dict[artifact.VariantName, artifact.Variant] = {}
     rejected: dict[artifact.VariantName, artifact.RejectedVariant] = {}
-    outcomes: list[gate.Outcome] = []
     for name in requested:
         folder = directory / artifact.VARIANTS_DIR / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -183,7 +182,6 @@ def add_variants(
             if math.isfinite(difference):  # an overflowing variant answers inf or NaN: its accuracy says so
                 measured["max_abs_logit_diff"] = difference
             outcome = gate.accuracy_outcome(name, measured, full_accuracy, max_accuracy_drop)
-        outcomes.append(outcome)
         if not outcome.published:
             shutil.rmtree(folder)
             rejected[name] = artifact.RejectedVariant(message=outcome.message, metrics=outcome.metrics)
@@ -200,5 +198,4 @@ def add_variants(
             summary=outcome.message,
         )
     metrics = {**manifest.metrics, "val_accuracy": full_accuracy}
-    updated = manifest.model_copy(update={"variants": variants, "rejected_variants": rejected, "metrics": metrics})
-    return updated, outcomes
+    return manifest.model_copy(update={"variants": variants, "rejected_variants": rejected, "metrics": metrics})
