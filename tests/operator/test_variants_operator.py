@@ -68,15 +68,23 @@ def test_a_variant_listed_twice_is_refused() -> None:
     assert "each variant may be listed once" in refusals("TrainingJob", spec)[1]
 
 
+CANARY = {"model": {"uri": "s3://models/digits/v2", "variant": "onnx"}}
+
+
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("changes", "message", "field"),
     [
-        ({"model.variant": "onnx", "generation": {}}, "causal LMs publish an int8 variant only"),
-        ({"model.variant": "int8", "engine": "vllm"}, "engine vllm runs the int8 variant"),
+        ({"model.variant": "onnx", "generation": {}}, "causal LMs publish an int8 variant only", "model"),
+        (
+            {"rollout.canary": CANARY, "generation": {}},
+            "causal LMs publish an int8 variant only",
+            "rollout.canary.model",
+        ),
+        ({"model.variant": "int8", "engine": "vllm"}, "engine vllm runs the int8 variant", "model"),
     ],
 )
-def test_variants_an_engine_cannot_serve_are_refused_by_both(changes: dict[str, Any], message: str) -> None:
-    assert_both_refuse("ModelService", changes, message, "spec.model.variant")
+def test_variants_an_engine_cannot_serve_are_refused_by_both(changes: dict[str, Any], message: str, field: str) -> None:
+    assert_both_refuse("ModelService", changes, f"{field}.variant: {message}", f"spec.{field}.variant")
 
 
 def test_int8_on_vllm_with_gpus_and_tensor_variants_on_the_builtin_server_are_accepted() -> None:
