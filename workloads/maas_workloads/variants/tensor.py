@@ -86,6 +86,7 @@ def _int8(module: nn.Module, example: torch.Tensor, folder: pathlib.Path, names:
         raise ValueError("the model has no Linear layer dynamic int8 quantization can replace")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # see INT8_QUANTIZATION for why this API
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)  # the same deprecation
         quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
             copy.deepcopy(module), {name: torch.ao.quantization.default_dynamic_qconfig for name in layers}
         )
