@@ -1,11 +1,12 @@
-"""A real training run (`maas run`: the operator's specs, the launcher on a local Ray cluster)
-publishes the digits model with every variant; the ModelService serves one by name; each is
-then served and queried with tritonclient, its accuracy recomputed and its outputs compared
-with the full model's."""
+"""A real training run (`maas run`: the operator's specs, the launcher on a local Ray cluster,
+shared with tests/test_local_run.py) publishes the digits model with every variant; its
+ModelService serves one by name; each is then served and queried with tritonclient, its
+accuracy recomputed and its outputs compared with the full model's."""
 
 from __future__ import annotations
 
 import pathlib
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -17,32 +18,11 @@ import tritonclient.http as triton
 from maas_workloads import artifact
 from maas_workloads.contract import MANIFEST_FILE
 from maas_workloads.serve import model as loader
-from tests.test_local_run import maas_run
 from tests.workloads.serve.conftest import Server
 from tests.workloads.variants.artifacts import digits_split, evaluation_batches, export, trained_mlp
 
 pytestmark = pytest.mark.slow
 
-FILES = """
-apiVersion: maas.dev/v1alpha1
-kind: TrainingJob
-metadata: {name: digits}
-spec:
-  trainer:
-    model: mlp
-    dataset: {uri: "sklearn:digits"}
-    hyperparameters: {epochs: 3, batchSize: 64, learningRate: 0.003}
-    modelOptions: {hiddenSize: 32, layers: 1}
-  workers: {replicas: 1, resources: {cpu: "1"}}
-  output: {pvc: {claimName: store, path: digits}, variants: [int8, fp16, bf16, onnx], maxAccuracyDrop: 50}
----
-apiVersion: maas.dev/v1alpha1
-kind: ModelService
-metadata: {name: digits}
-spec:
-  model: {trainingJobRef: {name: digits}, variant: onnx}
-  resources: {cpu: "1"}
-"""
 TOLERANCE_ULPS = 4
 """fp16 and bf16 variants compute in that format: each logit carries the rounding of the input cast,
 two matmuls and the bias adds, a few units in the last place (ulp) of the largest logit. Four ulps
@@ -58,12 +38,11 @@ fraction of a step: the check is on the predicted class, which must agree on 95%
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, str]:
-    """One real training run; returns the artifact directory and `maas run`'s output."""
-    workdir = tmp_path_factory.mktemp("run")
-    result = maas_run(workdir, FILES)
+def trained(local_run: tuple[pathlib.Path, subprocess.CompletedProcess[str]]) -> tuple[pathlib.Path, str]:
+    """The session's real training run (tests/local_run.py): the artifact directory and the output."""
+    workdir, result = local_run
     assert result.returncode == 0, result.stdout + result.stderr
-    return workdir / "run" / "volumes" / "store" / "digits", result.stdout
+    return workdir / "run" / "volumes" / "store" / "tiny" / "model", result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +84,6 @@ def test_the_run_publishes_every_variant_and_serves_the_named_one(trained: tuple
         artifact.verify(directory, None, name)  # every variant's files against their sha256
     for name in manifest.variants:  # the head's report (status.model.variants), as `maas run` prints it
         assert f"variant {name}: published: val_accuracy " in stdout
-    assert "serving pvc://store/digits" in stdout or "serving file://" in stdout
     assert "held out from training: predicted" in stdout  # the ModelService's onnx variant answered
 
 
@@ -124,7 +102,7 @@ def test_each_served_variant_has_its_recorded_accuracy_and_agrees_with_the_full_
         if name != "lacking":
             logits[name] = np.concatenate([infer(server, batch) for batch in batches])
     accuracy = {name: float((values.argmax(axis=1) == validation.labels).mean()) for name, values in logits.items()}
-    assert accuracy["full"] == manifest.metrics["val_accuracy"] > 0.85
+    assert accuracy["full"] == manifest.metrics["val_accuracy"] > 0.5  # two epochs: a model, if not a good one
     largest = float(np.abs(logits["full"]).max())
     for name, variant in manifest.variants.items():
         assert accuracy[name] == variant.metrics["val_accuracy"], name
