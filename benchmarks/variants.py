@@ -16,6 +16,7 @@ variants/causal_lm.py): fbgemm's dynamic int8 vs torchao's for the MLP, PyTorch'
 int8 kernel vs torchao's for an LM-sized projection.
 
     python benchmarks/variants.py [--duration 4] [--repeats 2] [--concurrency 1 8 32] [--lm-seconds 8]
+                                  [--parts kernels mlp lm]   # re-measure some, keep the others
 
 Prints a table and writes benchmarks/results/variants.json.
 """
@@ -50,6 +51,7 @@ RESULTS = REPO / "benchmarks" / "results" / "variants.json"
 MLP_VARIANTS = ("int8", "fp16", "bf16", "onnx")
 MLP_THREADS = "1"
 LM_THREADS = 2
+PARTS = ("kernels", "mlp", "lm")
 LM_CONTENDERS = ("full", "full-bf16", "int8")
 """full-bf16: the full model served in bfloat16 (MAAS_DTYPE), the int8 variant's activation dtype,
 to tell what the int8 weights bring from what bfloat16 arithmetic brings."""
@@ -288,27 +290,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs of the heavy MLP")
     parser.add_argument("--lm-seconds", type=float, default=8.0, help="seconds per LM load run")
     parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS),
+        help="measure these again; the others are kept from the last results file",
+    )  # fmt: skip
     options = parser.parse_args()
-    load_before = os.getloadavg()
     work = pathlib.Path(tempfile.mkdtemp(prefix="variants-bench-"))
-    print("kernels ...", flush=True)
-    report: dict[str, Any] = {"kernels": kernels()}
-    print("heavy MLP: training and publishing ...", flush=True)
-    mlp_dir = work / "heavy-mlp"
-    report["mlp"] = {"manifest": heavy_mlp_artifact(mlp_dir, options.epochs)}
-    report["mlp"]["serving"] = serve_mlp(mlp_dir, work, options)
-    print("LM: publishing ...", flush=True)
-    lm_dir = work / "lm"
-    report["lm"] = {"manifest": lm_artifact(lm_dir)}
-    report["lm"]["serving"] = serve_lm(lm_dir, work, options)
+    report: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for part in options.parts:
+        print(f"{part} ...", flush=True)
+        before = os.getloadavg()
+        if part == "kernels":
+            report[part] = kernels()
+        elif part == "mlp":
+            report[part] = {"manifest": heavy_mlp_artifact(work / "heavy-mlp", options.epochs)}
+            report[part]["serving"] = serve_mlp(work / "heavy-mlp", work, options)
+        else:
+            report[part] = {"manifest": lm_artifact(work / "lm")}
+            report[part]["serving"] = serve_lm(work / "lm", work, options)
+        report.setdefault("machine", {})[part] = {
+            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "loadavg_before": before, "loadavg_after": os.getloadavg(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }  # fmt: skip
     report["settings"] = {
         "duration": options.duration, "repeats": options.repeats, "concurrency": options.concurrency,
         "lm_seconds": options.lm_seconds, "output_tokens": options.output_tokens, "mlp_threads": MLP_THREADS,
-        "lm_threads": LM_THREADS,
-    }  # fmt: skip
-    report["machine"] = {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "lm_threads": LM_THREADS, "epochs": options.epochs,
     }  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")

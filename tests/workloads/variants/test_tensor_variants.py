@@ -163,7 +163,9 @@ def test_the_server_flag_names_the_variants() -> None:
 
 
 @pytest.mark.parametrize("name", ["cnn", "transformer"])
-def test_every_built_in_model_publishes_every_variant(name: str, tmp_path: pathlib.Path) -> None:
+def test_every_built_in_model_publishes_int8_and_onnx(name: str, tmp_path: pathlib.Path) -> None:
+    """The conversions that depend on the model's layers (the casts do not): PyTorch's Transformer
+    layers keep float Linear layers under int8, and the dynamo exporter takes every model."""
     train, validation = digits_split()
     options = ModelOptions(hidden_size=16, layers=1)
     model = models.build(name, options, train.features, train.num_classes, train.image_shape).eval()
@@ -173,11 +175,11 @@ def test_every_built_in_model_publishes_every_variant(name: str, tmp_path: pathl
         tmp_path / name,
         source=artifact.Source(),
         metrics={},
-        variants=ALL,
+        variants=["int8", "onnx"],
         validation=Validation(validation.features[:64], validation.labels[:64]),
     )
-    assert sorted(manifest.variants) == sorted(ALL) and not manifest.rejected_variants
-    for variant in ALL:
+    assert sorted(manifest.variants) == ["int8", "onnx"] and not manifest.rejected_variants
+    for variant in manifest.variants:
         loader.load(tmp_path / name, expected_sha256=digest, device="cpu", variant=variant)
 
 
