@@ -158,6 +158,8 @@ def operator_command(args: argparse.Namespace) -> int:
     from maas_operator.handlers.leadership import lease_namespace
 
     config = OperatorConfig.from_env()
+    if args.workers is not None:
+        config = OperatorConfig.model_validate({**config.model_dump(), "workers": args.workers})
     namespaces = args.namespace or list(config.namespaces)
     if config.leader_election:
         try:
@@ -168,6 +170,8 @@ def operator_command(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.json_logs else kopf.LogFormat.FULL)
     for noisy in ("aiohttp.access", "kubernetes_asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:  # kopf logs "Handler ... succeeded" for every watch event at INFO
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     asyncio.run(
         kopf.operator(
@@ -175,6 +179,7 @@ def operator_command(args: argparse.Namespace) -> int:
             namespaces=namespaces,
             liveness_endpoint=liveness,
             standalone=True,
+            memo=kopf.Memo(config=config),
         )
     )
     return 0
@@ -204,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator = commands.add_parser("operator", help="run the operator against the current cluster")
     operator.add_argument("-n", "--namespace", action="append", help="watch only this namespace (repeatable)")
+    operator.add_argument(
+        "--workers", type=int, help="objects reconciled at once (default MAAS_OPERATOR_WORKERS, else 32)"
+    )
     operator.add_argument("--json-logs", action="store_true", help="structured JSON logs")
     operator.add_argument("-v", "--verbose", action="store_true")
     operator.set_defaults(handler=operator_command)

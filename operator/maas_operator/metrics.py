@@ -78,6 +78,12 @@ LEADER_TRANSITIONS = Counter(
     registry=REGISTRY,
 )
 
+EVENTS_DROPPED = Counter(
+    "maas_events_dropped_total",
+    "Kubernetes Events not posted because the backlog of Events to post was full.",
+    registry=REGISTRY,
+)
+
 
 def serve(port: int) -> None:
     """Expose /metrics on a background thread; port 0 disables it."""

@@ -1,12 +1,14 @@
 """The API server's behaviours the test emulator adds to KMock's, one switch per behaviour
 (`Switches`): server-side apply with field managers (ssa.py), admission refusals and quotas
-(admission.py), pods on lost nodes that never finish terminating, resourceVersion preconditions
-on Leases. Tests reach the switches as `cluster.switches` (emulator.py).
+(admission.py), server errors, pods on lost nodes that never finish terminating, resourceVersion
+preconditions on Leases, a latency per request. Tests reach the switches as `cluster.switches`
+(emulator.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import datetime
 import itertools
@@ -59,8 +61,19 @@ class Switches:
     """A ResourceQuota's hard limits on pods (e.g. {"requests.nvidia.com/gpu": 2}): 403 beyond them."""
     denials: dict[tuple[str, str], str] = field(default_factory=dict)
     """(kind, name) -> the reason an admission webhook gives for denying every write of that object (403)."""
+    server_errors: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) -> the cause of a 500 InternalError answered to every write of that object, as the
+    API server answers e.g. a Service create once its IP range is full (`failed to allocate a serviceIP:
+    range is full`)."""
+    held: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    """(kind, name) -> a gate every write (POST, PATCH, PUT, DELETE) of that object waits at until the
+    test sets it; name "*" holds every object of the kind. `holding` counts the writes waiting."""
+    holding: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     lost_nodes: set[str] = field(default_factory=set)
     """Nodes whose kubelet is gone: their pods' graceful deletion never completes."""
+    latency_seconds: float = 0.0
+    """Added to every request before it is handled, as a real API server's round trip (~10 ms for a
+    write, storage included) rather than this machine's CPU sets the pace."""
     resource_versions: bool = True
     """Leases get a new metadata.resourceVersion on every write, and a PUT (replace) that carries an
     older one is 409 Conflict: optimistic concurrency, which leader election relies on. KMock itself
@@ -95,6 +108,10 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.fallback[kmock.method.PUT] << self._serve_replace
 
     async def _handle(self, request: Any) -> Any:
+        if self.switches.latency_seconds > 0:
+            await asyncio.sleep(self.switches.latency_seconds)
+        if self.switches.held:
+            await self._hold(request)
         resource = request.resource
         kind = KINDS.get(resource.plural) if resource is not None else None
         if kind is None or request.action is None:
@@ -115,7 +132,49 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             self.ownership.pop(key, None)
         return await super()._handle(request)
 
+    async def _hold(self, request: Any) -> None:
+        """Wait at the gate `switches.held` has for the object a write names, if any."""
+        resource = request.resource
+        kind = KINDS.get(resource.plural) if resource is not None else None
+        if kind is None or str(request.method).upper().rsplit(".", 1)[-1] == "GET":
+            return
+        name = request.name
+        if not name and isinstance(request.data, dict):
+            name = (request.data.get("metadata") or {}).get("name")
+        key = next((k for k in ((kind, str(name or "")), (kind, "*")) if k in self.switches.held), None)
+        if key is None:
+            return
+        self.switches.holding[key] += 1
+        try:
+            await self.switches.held[key].wait()
+        finally:
+            self.switches.holding[key] -= 1
+
     # --- the object store -------------------------------------------------------------
+    # KMock finds the object a fetch, create, update or delete answers with by scanning every
+    # stored object (quadratic over a burst); these answer from the store's key instead.
+    def _stored(self, request: Any, namespace: str | None, name: str | None) -> Any:
+        try:
+            return self._objects[request.resource, namespace, name]
+        except KeyError:
+            return None
+
+    async def _serve_fetch(self, request: Any) -> Any:
+        obj = self._stored(request, request.namespace, request.name)
+        if obj is None or obj.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_create(self, request: Any) -> Any:
+        metadata = request.data.get("metadata", {})
+        return self._stored(request, request.namespace or metadata.get("namespace"), metadata.get("name")).raw
+
+    async def _serve_update(self, request: Any) -> Any:
+        return self._stored(request, request.namespace, request.name).last.raw
+
+    async def _serve_delete(self, request: Any) -> Any:
+        return self._stored(request, request.namespace, request.name).last.raw
+
     def _live(self, request: Any) -> dict[str, Any] | None:
         """A copy of the stored object the request names (None: there is none)."""
         key = (request.resource, request.namespace, request.name)
@@ -135,6 +194,9 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
     # --- writes -----------------------------------------------------------------------
     def _admit(self, kind: str, obj: dict[str, Any], creating: bool) -> None:
         name = str((obj.get("metadata") or {}).get("name") or "")
+        cause = self.switches.server_errors.get((kind, name))
+        if cause is not None:
+            raise _error(500, "InternalError", f"Internal error occurred: {cause}", kind, name)
         denial = self.switches.denials.get((kind, name))
         if denial is not None:
             message = f'admission webhook "{WEBHOOK}" denied the request: {denial}'

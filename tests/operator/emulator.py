@@ -252,10 +252,13 @@ async def wait_for(
 class OperatorProcess:
     """The real operator (`maas operator`) as a child process, restartable mid-test."""
 
-    def __init__(self, kubeconfig: pathlib.Path, log_path: pathlib.Path, extra_env: dict[str, str]) -> None:
+    def __init__(
+        self, kubeconfig: pathlib.Path, log_path: pathlib.Path, extra_env: dict[str, str], verbose: bool = True
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_env = extra_env
+        self.verbose = verbose
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -273,7 +276,7 @@ class OperatorProcess:
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "maas_operator.cli", "operator", "--verbose"],
+            [sys.executable, "-m", "maas_operator.cli", "operator", *(["--verbose"] if self.verbose else [])],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

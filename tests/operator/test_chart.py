@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from maas_operator.config import ENV_PREFIX, OperatorConfig
+from maas_operator.config import DEFAULT_WORKERS, ENV_PREFIX, OperatorConfig
 from maas_operator.election import Timing
 from maas_operator.kube.client import RESOURCE_TYPES
 from tests.operator.validation import assert_valid_objects
@@ -113,6 +113,12 @@ def test_every_setting_the_chart_passes_is_one_the_operator_reads() -> None:
     config = OperatorConfig.model_validate(values)  # what the pod would start with
     assert config.leader_election and config.election_timing() == Timing()
     assert env[ENV_PREFIX + "LEADER_ELECTION_IDENTITY"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+@pytest.mark.parametrize(("values", "workers"), [((), DEFAULT_WORKERS), (("workers=64",), 64)])
+def test_the_concurrency_is_a_chart_value(values: tuple[str, ...], workers: int) -> None:
+    env = env_of(deployment_of(render(*values)))
+    assert OperatorConfig.from_env({ENV_PREFIX + "WORKERS": env[ENV_PREFIX + "WORKERS"]}).workers == workers
 
 
 def test_replicas_are_leader_elected_spread_and_protected_by_a_budget() -> None:

@@ -54,7 +54,7 @@ async def connect(
     configuration = client.Configuration()
     kubeconfig = write_kubeconfig(cluster.url, directory, token)
     await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    return KubeClient(client.ApiClient(configuration), may_write)
+    return KubeClient.from_configuration(configuration, may_write)
 
 
 class Candidates:

@@ -13,10 +13,12 @@ from maas_operator.api.modelservice import KIND as MODELSERVICE
 from maas_operator.api.trainingjob import KIND as TRAININGJOB
 from maas_operator.config import OperatorConfig
 from maas_operator.election import Election
+from maas_operator.handlers import kopf_settings
 from maas_operator.handlers.leadership import LeaderElector, fence, identity
 from maas_operator.handlers.modelservice import CHILD_RESOURCES, reconcile_modelservice
 from maas_operator.handlers.runtime import (
     MODELSERVICES,
+    MODELSERVICES_BY_TRAININGJOB,
     TRAININGJOB_PODS,
     TRAININGJOBS,
     Reconciler,
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 INDICES = (
     TRAININGJOBS,
     MODELSERVICES,
+    MODELSERVICES_BY_TRAININGJOB,
     TRAININGJOB_PODS,
     *(modelservice_children_index(plural) for _, _, plural in CHILD_RESOURCES.values()),
 )
@@ -37,11 +40,12 @@ INDICES = (
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
-    config = OperatorConfig.from_env()
+    config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()  # cli.py puts it there
     # Only watch-event handlers are registered: kopf keeps no state on our objects (no annotations,
     # no finalizers); our own queue retries, and garbage collection deletes children.
     settings.peering.standalone = True
     settings.posting.enabled = False
+    kopf_settings.configure(settings)
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
     # kopf passes its indices to startup handlers as keyword arguments named by their ids;

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime
 import time
 from collections.abc import Mapping
@@ -12,12 +11,13 @@ import kopf
 
 from maas_operator import metrics
 from maas_operator.api.modelservice import KIND, NAME_RULES, PLURAL, ModelServiceSpec, ModelServiceStatus
-from maas_operator.api.trainingjob import PLURAL as TRAININGJOBS_PLURAL
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_MODELSERVICE, MANAGED_BY, Owner
 from maas_operator.builders.modelservice import deployment_name
+from maas_operator.handlers import cache
 from maas_operator.handlers.execute import carry_out, schedule_next
 from maas_operator.handlers.runtime import (
     MODELSERVICES,
+    MODELSERVICES_BY_TRAININGJOB,
     TRAININGJOBS,
     ObjectKey,
     Runtime,
@@ -41,21 +41,28 @@ CHILD_RESOURCES = {
 
 @kopf.index(*RESOURCE, id=MODELSERVICES)
 async def modelservices_index(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
-    return {(namespace or "", name): copy.deepcopy(dict(body))}
+    return {(namespace or "", name): cache.custom_resource(body)}
+
+
+@kopf.index(*RESOURCE, id=MODELSERVICES_BY_TRAININGJOB)
+async def modelservices_by_trainingjob_index(
+    body: kopf.Body, name: str, namespace: str | None, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace or "", job): name for job in referenced_trainingjobs(body.get("spec") or {})}
 
 
 @kopf.on.event(*RESOURCE)
 async def modelservice_event(
-    type: str | None, body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+    type: str | None, uid: str | None, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    memo.runtime.object_event((KIND, namespace or "", name), body, type == "DELETED")
+    memo.runtime.object_event((KIND, namespace or "", name), uid or "", type == "DELETED")
 
 
-def _register_child_watch(group: str, version: str, plural: str) -> None:
+def _register_child_watch(kind: str, group: str, version: str, plural: str) -> None:
     async def index_child(
         body: kopf.Body, labels: Mapping[str, str], namespace: str | None, **_: Any
     ) -> dict[Any, Any]:
-        return {(namespace or "", labels[LABEL_MODELSERVICE]): copy.deepcopy(dict(body))}
+        return {(namespace or "", labels[LABEL_MODELSERVICE]): cache.child(kind, body)}
 
     async def child_event(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
         memo.runtime.child_event((KIND, namespace or "", labels[LABEL_MODELSERVICE]))
@@ -64,8 +71,8 @@ def _register_child_watch(group: str, version: str, plural: str) -> None:
     kopf.on.event(group, version, plural, labels=CHILD_LABELS, id=f"modelservice-{plural}")(child_event)
 
 
-for _group, _version, _plural in CHILD_RESOURCES.values():
-    _register_child_watch(_group, _version, _plural)
+for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
+    _register_child_watch(_kind, _group, _version, _plural)
 
 
 def referenced_trainingjobs(spec: Mapping[str, Any]) -> set[str]:
@@ -76,16 +83,6 @@ def referenced_trainingjobs(spec: Mapping[str, Any]) -> set[str]:
         for source in sources
         if isinstance(ref := source.get("trainingJobRef"), dict) and "name" in ref
     }
-
-
-@kopf.on.event(contract.API_GROUP, contract.API_VERSION, TRAININGJOBS_PLURAL, id="modelservice-trainingjobs")
-async def trainingjob_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """A TrainingJob that succeeded (or was replaced) may change what a ModelService serves.
-
-    Runs on the TrainingJob's own watch event (the index already holds its new body), not at a resync.
-    """
-    runtime: Runtime = memo.runtime
-    runtime.dependents(namespace or "", lambda body: name in referenced_trainingjobs(body.get("spec") or {}))
 
 
 def modelservice_view(body: Mapping[str, Any], cached_status: dict[str, Any] | None) -> ModelServiceView:
@@ -129,6 +126,7 @@ async def reconcile_modelservice(runtime: Runtime, key: ObjectKey) -> None:
         observed = observe(runtime, view.owner, body.get("spec") or {})
         now = datetime.datetime.now(datetime.UTC)
         plan = plan_modelservice(view, observed, now, runtime.config.serving_image)
+        state.generation = view.generation
         outcome = await carry_out(plan, view.owner, body, runtime, now)
         record_transitions(view.status, plan.status)
         schedule_next(runtime, key, plan, outcome, now)

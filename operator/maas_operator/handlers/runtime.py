@@ -14,26 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
-import datetime
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from maas_operator import metrics
-from maas_operator.builders.modelservice import spec_hash
 from maas_operator.config import OperatorConfig
-from maas_operator.handlers.queue import WorkQueue
-from maas_operator.kube.client import KubeClient, KubeError
+from maas_operator.handlers.events import EventRecorder
+from maas_operator.handlers.memory import Releaser
+from maas_operator.handlers.queue import Priority, WorkQueue
+from maas_operator.handlers.state import ObjectState
+from maas_operator.kube.client import KubeClient
 from maas_operator.kube.patch import merge_patch
-from maas_operator.status.plan import ChildAction, ChildKey, Refusal, action_fingerprint
-from maas_operator.status.pods import PodView
-
-EXPECTATION_SECONDS = 60.0
-"""How long a write of ours is assumed to be in flight before the watch must have shown it."""
 
 # The kopf indices (handler ids) the handlers declare; values are per key (namespace, name).
 TRAININGJOBS = "maas-trainingjobs"
@@ -42,99 +36,13 @@ MODELSERVICES = "maas-modelservices"
 """ModelService bodies by (namespace, name)."""
 TRAININGJOB_PODS = "maas-trainingjob-pods"
 """PodViews of TrainingJob pods by (namespace, owner name)."""
+MODELSERVICES_BY_TRAININGJOB = "maas-modelservices-by-trainingjob"
+"""Names of the ModelServices whose model (or canary) a TrainingJob provides, by (namespace, TrainingJob name)."""
 
 
 def modelservice_children_index(plural: str) -> str:
     """The index of a ModelService child kind: bodies by (namespace, owner name)."""
     return f"maas-modelservice-{plural}"
-
-
-@dataclass
-class ObjectState:
-    """Per custom resource: our last status, writes not yet seen by the watch, refused writes."""
-
-    status: dict[str, Any] | None = None
-    """The status we last wrote: we are its only writer, so it is never staler than the watch."""
-    created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
-    deleted: dict[str, float] = field(default_factory=dict)
-    written: dict[ChildKey, tuple[dict[str, Any] | None, float]] = field(default_factory=dict)
-    """Children we applied (their body) or deleted (None), until the watch shows the write."""
-    refusals: dict[ChildKey, Refusal] = field(default_factory=dict)
-    last_poll: float = 0.0
-    """When the head's progress was last fetched (monotonic seconds)."""
-
-    def expect_created(self, pod: PodView) -> None:
-        self.created[pod.name] = (pod, time.monotonic())
-
-    def expect_deleted(self, name: str) -> None:
-        self.deleted[name] = time.monotonic()
-        self.created.pop(name, None)
-
-    def observe(self, watched: Iterable[PodView]) -> list[PodView]:
-        """The watched pods, corrected for our own creates and deletes the watch has not shown yet."""
-        now = time.monotonic()
-        pods = list(watched)
-        names = {pod.name for pod in pods}
-        self.created = {
-            name: entry
-            for name, entry in self.created.items()
-            if name not in names and now - entry[1] < EXPECTATION_SECONDS
-        }
-        self.deleted = {
-            name: since for name, since in self.deleted.items() if name in names and now - since < EXPECTATION_SECONDS
-        }
-        corrected = [dataclasses.replace(pod, deleting=True) if pod.name in self.deleted else pod for pod in pods]
-        return corrected + [pod for pod, _ in self.created.values()]
-
-    def remember(self, key: ChildKey, body: dict[str, Any] | None) -> None:
-        self.written[key] = (body, time.monotonic())
-
-    def observe_children(self, watched: Mapping[ChildKey, dict[str, Any]]) -> dict[ChildKey, dict[str, Any]]:
-        """The watched children, corrected for our applies and deletes the watch has not shown yet."""
-        now = time.monotonic()
-        children = dict(watched)
-        for key, (body, since) in list(self.written.items()):
-            seen = watched.get(key)
-            if body is None:
-                caught_up = seen is None or bool((seen.get("metadata") or {}).get("deletionTimestamp"))
-            else:
-                caught_up = seen is not None and spec_hash(seen) == spec_hash(body)
-            if caught_up or now - since >= EXPECTATION_SECONDS:
-                del self.written[key]
-            elif body is None:
-                children.pop(key, None)
-            else:
-                children[key] = body
-        return children
-
-    # --- refused writes ------------------------------------------------------------------
-    def backing_off(self, action: ChildAction, now: datetime.datetime) -> bool:
-        """The same write was refused and its retry is not due yet."""
-        refusal = self.refusals.get(action.key)
-        return refusal is not None and refusal.fingerprint == action_fingerprint(action) and now < refusal.retry_at
-
-    def refuse(self, action: ChildAction, error: KubeError, now: datetime.datetime) -> bool:
-        """Record a refusal; True when it is new (not the same child refused with the same words)."""
-        kind, name = action.key
-        before = self.refusals.get(action.key)
-        repeated = before is not None and before.message == error.message
-        self.refusals[action.key] = Refusal(
-            kind=kind,
-            name=name,
-            verb=action.verb,
-            code=error.status,
-            reason=error.reason,
-            message=error.message,
-            fingerprint=action_fingerprint(action),
-            first=before.first if repeated and before else now,
-            last=now,
-            attempts=before.attempts + 1 if repeated and before else 1,
-        )
-        return not repeated
-
-    def keep_refusals(self, wanted: set[ChildKey]) -> None:
-        """Forget refusals of writes the last plan no longer wanted (the spec or the state moved on)."""
-        self.refusals = {key: refusal for key, refusal in self.refusals.items() if key in wanted}
 
 
 ObjectKey = tuple[str, str, str]
@@ -162,14 +70,20 @@ class Watched:
 
 @dataclass
 class Runtime:
+    """The operator's shared state: API clients, the watched view, the work queue, the Event
+    recorder and what it remembers per object (state.py). Create it with `start()`."""
+
     config: OperatorConfig
     kube: KubeClient
     http: aiohttp.ClientSession
     reconcilers: dict[str, Reconciler]
     watched: Watched
-    queue: WorkQueue = field(init=False)
+    queue: WorkQueue[ObjectKey] = field(init=False)
+    events: EventRecorder = field(init=False)
     objects: dict[str, ObjectState] = field(default_factory=lambda: collections.defaultdict(ObjectState))
     phases: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """(kind, phase) of every object by uid."""
+    phase_counts: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     leading: bool = True
     """Reconciles run: always without leader election; with it, while this replica leads (leadership.py)."""
     listed: bool = field(default=False, init=False)
@@ -177,9 +91,11 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.queue = self._new_queue()
+        self.events = EventRecorder(self.kube)
 
-    def _new_queue(self) -> WorkQueue:
-        return WorkQueue(self._dispatch)
+    def _new_queue(self) -> WorkQueue[ObjectKey]:
+        """`config.workers` reconciles at once, one lane per kind (fair between kinds)."""
+        return WorkQueue(self._dispatch, self.config.workers, lane=lambda key: key[0])
 
     @classmethod
     async def start(
@@ -203,26 +119,29 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        """Cancel the reconciles, post the queued Events (briefly), close the clients."""
         await self.queue.stop()
+        await self.events.stop()
         await self.http.close()
         await self.kube.close()
 
     def synced(self) -> None:
         """Called by every event handler: kopf runs them only once every index is populated."""
         self.listed = True
+        self.events.start()
         if self.leading:
             self.queue.start()
 
     # --- leadership (handlers/leadership.py) ---------------------------------------------
     def start_leading(self) -> None:
         """A new term: forget what earlier terms remembered (another replica may have written
-        since: cached status and expected writes are stale), then reconcile every object."""
+        since: cached status and expected writes are stale), then reconcile every object, each
+        as new to this process."""
         self.objects.clear()
-        self.phases.clear()
-        self._publish_phases()
+        self._clear_phases()
         self.leading = True
         for key in self.keys():
-            self.queue.add(key)
+            self.queue.add(key, priority=Priority.NEW)
         if self.listed:
             self.queue.start()
 
@@ -232,15 +151,15 @@ class Runtime:
         self.leading = False
         stopped, self.queue = self.queue, self._new_queue()
         await stopped.stop()
-        self.phases.clear()
-        self._publish_phases()
+        self._clear_phases()
 
     # --------------------------------------------------------------------------------------
 
-    async def _dispatch(self, key: Any) -> None:
+    async def _dispatch(self, key: ObjectKey) -> None:
         await self.reconcilers[key[0]](self, key)
 
     def body(self, key: ObjectKey) -> dict[str, Any] | None:
+        """The custom resource as last watched (cache.py's kept fields), or None once deleted."""
         kind, namespace, name = key
         index = TRAININGJOBS if kind == "TrainingJob" else MODELSERVICES
         body: dict[str, Any] | None = self.watched.one(index, (namespace, name))
@@ -255,33 +174,52 @@ class Runtime:
         ]
 
     async def resync_forever(self) -> None:
-        """Re-evaluate every object periodically: deadlines, stalls, TTLs and missed events."""
+        """Re-evaluate every object not reconciled for a resync period (deadlines, stalls, progress,
+        TTLs, missed events): within 1.5 periods of its last reconcile, after whatever a watch event
+        queued, and never before a failed reconcile's retry is due."""
+        period = self.config.resync_seconds
+        memory = Releaser()
         while True:
-            await asyncio.sleep(self.config.resync_seconds)
-            for key in self.keys():
-                self.queue.add(key)
+            await asyncio.sleep(period / 2)
+            keys = self.keys()
+            memory.after_work(self.queue.idle, len(keys))  # before this tick's resync makes it busy
+            self.queue.resync(keys, period)
 
-    def object_event(self, key: ObjectKey, body: Mapping[str, Any], deleted: bool) -> None:
+    def object_event(self, key: ObjectKey, uid: str, deleted: bool) -> None:
+        """A watch event of a custom resource (its body already in the index): reconcile it, first
+        if this process has not yet, and not at all when the event only echoes a status write of
+        ours, which tells the planner nothing new."""
         self.synced()
         if deleted:
-            self.forget(str(body["metadata"].get("uid", "")))
+            self.queue.forget(key)
+            self.objects.pop(uid, None)
+            self._count_phase(self.phases.pop(uid, None), None)
             return
+        body = self.body(key)
+        state = self.objects.get(uid)
+        if body is None or state is None or state.status is None:
+            self.queue.add(key, priority=Priority.NEW)
+            return
+        if state.generation == body["metadata"].get("generation"):
+            status = body.get("status")
+            if status == state.status:
+                state.previous_status = None  # the last write's echo: no earlier one follows
+                return
+            if state.previous_status is not None and status == state.previous_status:
+                return
         self.queue.add(key)
 
     def child_event(self, owner: ObjectKey) -> None:
+        """A watch event of a child: reconcile its owner, if it still exists."""
         self.synced()
         if self.body(owner) is not None:
             self.queue.add(owner)
 
-    def dependents(self, namespace: str, refers_to: Callable[[dict[str, Any]], bool]) -> None:
-        """Queue every ModelService in `namespace` whose body satisfies `refers_to`."""
+    def dependents(self, namespace: str, training_job: str) -> None:
+        """Queue every ModelService in `namespace` whose model (or canary) `training_job` provides."""
         self.synced()
-        for index_key in self.watched.keys(MODELSERVICES):
-            if index_key[0] != namespace:
-                continue
-            body = self.watched.one(MODELSERVICES, index_key)
-            if body is not None and refers_to(body):
-                self.queue.add(("ModelService", *index_key))
+        for name in self.watched.all(MODELSERVICES_BY_TRAININGJOB, (namespace, training_job)):
+            self.queue.add(("ModelService", namespace, name))
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every custom resource as watched, with the status we last wrote (never staler); any thread.
@@ -303,12 +241,8 @@ class Runtime:
         return found
 
     def state(self, uid: str) -> ObjectState:
+        """What this process remembers of the object `uid` (created empty on first use)."""
         return self.objects[uid]
-
-    def forget(self, uid: str) -> None:
-        self.objects.pop(uid, None)
-        if self.phases.pop(uid, None) is not None:
-            self._publish_phases()
 
     async def write_status(
         self, kind: str, namespace: str, name: str, uid: str, current: dict[str, Any], wanted: dict[str, Any]
@@ -318,15 +252,28 @@ class Runtime:
         patch = merge_patch(state.status if state.status is not None else current, wanted)
         if patch:
             await self.kube.patch_status(kind, namespace, name, patch)
+            state.previous_status = state.status
         state.status = wanted
-        phase = wanted.get("phase") or "Pending"
-        if self.phases.get(uid) != (kind, phase):
-            self.phases[uid] = (kind, phase)
-            self._publish_phases()
+        phase = (kind, wanted.get("phase") or "Pending")
+        before = self.phases.get(uid)
+        if before != phase:
+            self.phases[uid] = phase
+            self._count_phase(before, phase)
         return bool(patch)
 
-    def _publish_phases(self) -> None:
-        counts = collections.Counter(self.phases.values())
+    def _clear_phases(self) -> None:
+        self.phases.clear()
+        self.phase_counts.clear()
         metrics.OBJECTS_BY_PHASE.clear()
-        for (kind, phase), count in counts.items():
-            metrics.OBJECTS_BY_PHASE.labels(kind=kind, phase=phase).set(count)
+
+    def _count_phase(self, before: tuple[str, str] | None, after: tuple[str, str] | None) -> None:
+        """Move one object between the counts of maas_objects{kind,phase} (a label set at 0 is removed)."""
+        for moved, change in ((before, -1), (after, 1)):
+            if moved is None:
+                continue
+            self.phase_counts[moved] += change
+            if self.phase_counts[moved] > 0:
+                metrics.OBJECTS_BY_PHASE.labels(kind=moved[0], phase=moved[1]).set(self.phase_counts[moved])
+            else:
+                del self.phase_counts[moved]
+                metrics.OBJECTS_BY_PHASE.remove(*moved)

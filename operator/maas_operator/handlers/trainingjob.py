@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime
 import logging
 import time
@@ -16,6 +15,7 @@ from maas_operator import metrics
 from maas_operator.api.trainingjob import KIND, NAME_RULES, PLURAL, TrainingJobSpec, TrainingJobStatus
 from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_TRAININGJOB, MANAGED_BY, Owner
 from maas_operator.builders.trainingjob import head_service_name
+from maas_operator.handlers import cache
 from maas_operator.handlers.execute import carry_out, schedule_next
 from maas_operator.handlers.runtime import TRAININGJOB_PODS, TRAININGJOBS, ObjectKey, Runtime
 from maas_operator.kube.client import KubeError
@@ -33,21 +33,25 @@ log = logging.getLogger(__name__)
 
 @kopf.index(*RESOURCE, id=TRAININGJOBS)
 async def trainingjobs_index(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> dict[Any, Any]:
-    return {(namespace or "", name): copy.deepcopy(dict(body))}
+    return {(namespace or "", name): cache.custom_resource(body)}
 
 
 @kopf.index("pods", labels=POD_LABELS, id=TRAININGJOB_PODS)
 async def trainingjob_pods_index(
     body: kopf.Body, labels: Mapping[str, str], namespace: str | None, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace or "", labels[LABEL_TRAININGJOB]): pod_view(copy.deepcopy(dict(body)))}
+    return {(namespace or "", labels[LABEL_TRAININGJOB]): pod_view(dict(body))}
 
 
 @kopf.on.event(*RESOURCE)
 async def trainingjob_event(
-    type: str | None, body: kopf.Body, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
+    type: str | None, uid: str | None, name: str, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
-    memo.runtime.object_event((KIND, namespace or "", name), body, type == "DELETED")
+    """Reconcile the TrainingJob, and the ModelServices it provides a model for (its index entry is
+    already updated: a succeeded run may change what they serve)."""
+    runtime: Runtime = memo.runtime
+    runtime.object_event((KIND, namespace or "", name), uid or "", type == "DELETED")
+    runtime.dependents(namespace or "", name)
 
 
 @kopf.on.event("pods", labels=POD_LABELS)
@@ -116,6 +120,7 @@ async def reconcile_trainingjob(runtime: Runtime, key: ObjectKey) -> None:
         pods = state.observe(runtime.watched.all(TRAININGJOB_PODS, (key[1], key[2])))
         observed = Observed(pods, progress, dict(state.refusals), await fetch_nodes(runtime, pods, now))
         plan = plan_trainingjob(view, observed, now, runtime.config.training_image, timing(runtime))
+        state.generation = view.generation
         outcome = await carry_out(plan, view.owner, body, runtime, now)
         record_transitions(view.status, plan.status_after or plan.status, body["metadata"], now)
         schedule_next(runtime, key, plan, outcome, now)

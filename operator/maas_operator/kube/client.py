@@ -1,8 +1,13 @@
 """The only code that talks to the Kubernetes API server.
 
-A thin, generic layer over kubernetes_asyncio's authenticated HTTP client: manifests in,
-dicts out. Writes are idempotent: create treats 409 AlreadyExists as success, delete treats
-404 as success, apply is server-side apply (which creates a missing object).
+A thin, generic layer over aiohttp: manifests in, dicts out. kubernetes_asyncio loads the
+configuration (in-cluster service account or kubeconfig) and refreshes its credentials;
+requests go straight through one aiohttp session. Its own HTTP layer would re-serialise every
+body, and trusts the environment on every request (a netrc lookup and a proxy lookup, each in a
+thread), which together cost more CPU than the rest of a reconcile in a burst; the proxy the
+environment names is looked up once, at start. Writes are idempotent: create treats 409
+AlreadyExists as success, delete treats 404 as success, apply is server-side apply (which
+creates a missing object).
 """
 
 from __future__ import annotations
@@ -10,14 +15,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from maas_operator.builders.meta import FIELD_MANAGER
+
+REQUEST_TIMEOUT_SECONDS = 30.0
+"""A request the API server has not answered in this long fails (and is retried with backoff)."""
+MAX_CONNECTIONS = 100
+"""Connections to the API server at most (kubernetes_asyncio's default pool size)."""
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +91,17 @@ class KubeClient:
     """`may_write`: asked before every request that is not a GET; False raises NotLeaderError instead
     of sending it (leader election: only the leader writes, and only until its lease deadline)."""
 
-    def __init__(self, api: client.ApiClient, may_write: Callable[[], bool] | None = None) -> None:
-        self._api = api
+    def __init__(
+        self,
+        configuration: client.Configuration,
+        session: aiohttp.ClientSession,
+        proxy: str | None,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
+        self._configuration = configuration
+        self._session = session
+        self._proxy = proxy
+        self._host = str(configuration.host).rstrip("/")
         self._may_write = may_write
 
     @classmethod
@@ -90,10 +112,33 @@ class KubeClient:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
             await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
-        return cls(client.ApiClient(configuration), may_write)
+        return cls.from_configuration(configuration, may_write)
+
+    @classmethod
+    def from_configuration(
+        cls, configuration: client.Configuration, may_write: Callable[[], bool] | None = None
+    ) -> KubeClient:
+        """A client for the API server and credentials of a loaded kubernetes_asyncio configuration."""
+        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=_ssl_context(configuration))
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
+            trust_env=False,
+            read_bufsize=2**21,  # objects up to etcd's 1.5 MiB request limit
+        )
+        proxy = configuration.proxy or _environment_proxy(str(configuration.host))
+        return cls(configuration, session, proxy, may_write)
 
     async def close(self) -> None:
-        await self._api.close()
+        await self._session.close()
+
+    async def _headers(self, content_type: str) -> dict[str, str]:
+        """The credentials as of now: refreshed by kubernetes_asyncio (service account tokens rotate)."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        for setting in (await self._configuration.auth_settings()).values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[str(setting["key"])] = str(setting["value"])
+        return headers
 
     async def _call(
         self,
@@ -103,21 +148,27 @@ class KubeClient:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
+        """The decoded answer. Raises KubeError for an answer other than 2xx, or none (status 0), and
+        NotLeaderError, before sending, for a write `may_write` forbids."""
         if method != "GET" and self._may_write is not None and not self._may_write():
             raise NotLeaderError(f"{method} {path}: this replica is not the leader")
+        headers = await self._headers(content_type)
+        options: dict[str, Any] = {"params": query or [], "headers": headers, "proxy": self._proxy}
+        if body is not None:
+            options["data"] = json.dumps(body, separators=(",", ":"))
+        if self._configuration.tls_server_name:
+            options["server_hostname"] = self._configuration.tls_server_name
         try:
-            result = await self._api.call_api(
-                path,
-                method,
-                query_params=query or [],
-                header_params={"Accept": "application/json", "Content-Type": content_type},
-                body=body,
-                response_types_map={200: "object", 201: "object", 202: "object"},
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-            )
-        except ApiException as error:
-            raise _kube_error(error) from None
+            async with self._session.request(method, self._host + path, **options) as response:
+                text = await response.text()
+                if response.status >= 300:
+                    raise _kube_error(response.status, response.reason or "", text)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise KubeError(0, f"{method} {path}: {error!r}") from error
+        try:
+            result = json.loads(text) if text else {}
+        except ValueError:
+            return {}
         return result if isinstance(result, dict) else {}
 
     async def create(self, manifest: dict[str, Any]) -> bool:
@@ -177,18 +228,36 @@ class KubeClient:
         return True
 
     async def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """JSON merge patch of the status subresource with `patch` (the changed fields of status)."""
         path = resource_type(kind).path(namespace, name, "status")
         await self._call("PATCH", path, {"status": patch}, "application/merge-patch+json")
 
 
-def _kube_error(error: ApiException) -> KubeError:
+def _kube_error(status: int, reason: str, text: str) -> KubeError:
     """The API server's Status (reason, message) when the body has one, else the raw text."""
-    raw: object = error.body
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
     try:
-        status = json.loads(text)
+        decoded = json.loads(text)
     except ValueError:
-        status = None
-    if isinstance(status, dict) and status.get("message"):
-        return KubeError(int(error.status or 0), str(status["message"]), str(status.get("reason") or ""))
-    return KubeError(int(error.status or 0), text or str(error.reason), str(error.reason or ""))
+        decoded = None
+    if isinstance(decoded, dict) and decoded.get("message"):
+        return KubeError(status, str(decoded["message"]), str(decoded.get("reason") or ""))
+    return KubeError(status, text or reason, reason)
+
+
+def _ssl_context(configuration: client.Configuration) -> ssl.SSLContext:
+    """As kubernetes_asyncio builds it: the cluster's CA, the client certificate if any."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, keyfile=configuration.key_file)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _environment_proxy(host: str) -> str | None:
+    """The proxy HTTPS_PROXY/HTTP_PROXY name for the API server, unless NO_PROXY exempts it."""
+    url = urllib.parse.urlparse(host)
+    if not url.hostname or urllib.request.proxy_bypass(url.hostname):
+        return None
+    return urllib.request.getproxies().get(url.scheme or "https")
