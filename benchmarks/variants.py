@@ -244,10 +244,11 @@ def kernels() -> dict[str, Any]:
 # --- report ----------------------------------------------------------------------------------
 def table(report: dict[str, Any]) -> str:
     mlp, lm = report["mlp"], report["lm"]
+    concurrency = report["settings"]["mlp"]["concurrency"]
     lines = [
         "| model | variant | size MB | accuracy / perplexity | delta | " + " | ".join(
-            f"c={c} req/s or tok/s (x full)" for c in report["settings"]["concurrency"]) + " |",
-        "|---|---|---:|---:|---:|" + "---:|" * len(report["settings"]["concurrency"]),
+            f"c={c} req/s or tok/s (x full)" for c in concurrency) + " |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(concurrency),
     ]  # fmt: skip
     manifest = mlp["manifest"]
     full_size = manifest["files"][manifest["modelFile"]]["size"] / 1e6  # model.pt, what the server loads
@@ -257,7 +258,7 @@ def table(report: dict[str, Any]) -> str:
         metrics = manifest["metrics"] if name == "full" else variant["metrics"]
         delta = "" if name == "full" else f"{-metrics['val_accuracy_drop'] + 0.0:+.2f} pts"
         cells = []
-        for c in report["settings"]["concurrency"]:
+        for c in concurrency:
             rate = mlp["serving"][name][str(c)]["median_rps"]
             ratio = rate / mlp["serving"]["full"][str(c)]["median_rps"]
             cells.append(f"{rate:.0f} ({ratio:.2f}x)")
@@ -273,13 +274,23 @@ def table(report: dict[str, Any]) -> str:
         metrics = variant["metrics"] if name == "int8" else manifest["metrics"]
         delta = f"x{metrics['val_perplexity_ratio']:.4f}" if name == "int8" else ""
         cells = []
-        for c in report["settings"]["concurrency"]:
+        for c in concurrency:
             rate = lm["serving"][name][str(c)]["tokens_per_second"]
             cells.append(f"{rate:.1f} ({rate / lm['serving']['full'][str(c)]['tokens_per_second']:.2f}x)")
         perplexity = f"{metrics['val_perplexity']:.1f}" if name != "full-bf16" else "(not measured)"
         row = f"| ~85M LM | {name} | {size:.1f} (weights) | {perplexity} | {delta} | "
         lines.append(row + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _settings(part: str, options: argparse.Namespace) -> dict[str, Any]:
+    if part == "kernels":
+        return {"threads": 1, "seconds_per_rate": 1.0}
+    if part == "mlp":
+        return {"duration": options.duration, "repeats": options.repeats, "concurrency": options.concurrency,
+                "epochs": options.epochs, "threads": MLP_THREADS}  # fmt: skip
+    return {"seconds": options.lm_seconds, "rounds": options.repeats, "concurrency": options.concurrency,
+            "output_tokens": options.output_tokens, "threads": LM_THREADS}  # fmt: skip
 
 
 def main() -> None:
@@ -308,16 +319,12 @@ def main() -> None:
         else:
             report[part] = {"manifest": lm_artifact(work / "lm")}
             report[part]["serving"] = serve_lm(work / "lm", work, options)
+        report.setdefault("settings", {})[part] = _settings(part, options)
         report.setdefault("machine", {})[part] = {
             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "loadavg_before": before, "loadavg_after": os.getloadavg(),
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }  # fmt: skip
-    report["settings"] = {
-        "duration": options.duration, "repeats": options.repeats, "concurrency": options.concurrency,
-        "lm_seconds": options.lm_seconds, "output_tokens": options.output_tokens, "mlp_threads": MLP_THREADS,
-        "lm_threads": LM_THREADS, "epochs": options.epochs,
-    }  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
