@@ -3,65 +3,21 @@ a local Ray cluster, the artifact, and the real inference server answering a req
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 import subprocess
-import sys
 
 import pytest
 
+from tests.local_run import FILES, maas_run
+
 pytestmark = pytest.mark.slow
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FILES = """
-apiVersion: v1
-kind: Secret
-metadata: {name: token}
-stringData: {token: local-secret}
----
-apiVersion: maas.dev/v1alpha1
-kind: TrainingJob
-metadata: {name: tiny}
-spec:
-  trainer:
-    model: mlp
-    dataset: {uri: "sklearn:digits"}
-    hyperparameters: {epochs: 2, batchSize: 128}
-    modelOptions: {hiddenSize: 32, layers: 1}
-  workers: {replicas: 1, resources: {cpu: "1"}}
-  output: {pvc: {claimName: store, path: tiny/model}}
-  checkpoint: {pvc: {claimName: store, path: tiny/checkpoints}}
----
-apiVersion: maas.dev/v1alpha1
-kind: ModelService
-metadata: {name: tiny}
-spec:
-  model: {trainingJobRef: {name: tiny}}
-  resources: {cpu: "1"}
-  auth: {tokenSecretRef: {name: token, key: token}}
-"""
 
-
-def maas_run(tmp_path: pathlib.Path, text: str) -> subprocess.CompletedProcess[str]:
-    manifest = tmp_path / "job.yaml"
-    manifest.write_text(text)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "workloads")])}
-    command = [
-        sys.executable,
-        "-m",
-        "maas_operator.cli",
-        "run",
-        "-f",
-        str(manifest),
-        "--workdir",
-        str(tmp_path / "run"),
-    ]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
-
-
-def test_train_then_serve_on_this_machine(tmp_path: pathlib.Path) -> None:
-    result = maas_run(tmp_path, FILES)
+def test_train_then_serve_on_this_machine(
+    local_run: tuple[pathlib.Path, subprocess.CompletedProcess[str]],
+) -> None:
+    tmp_path, result = local_run
     assert result.returncode == 0, result.stdout + result.stderr
     assert "trained: file://" in result.stdout and "/run/volumes/store/tiny/model" in result.stdout
     # A real digit the model never trained on, answered with the predicted and the true label.

@@ -101,6 +101,9 @@ def train(kubelet: LocalKubelet, document: Mapping[str, Any], image: str) -> dic
         raise RunError(f"training failed with exit code {head.returncode}: {detail}")
     model = message.get("model") or {}
     kubelet.say(f"trained: {model.get('uri')} (sha256 {model.get('sha256')}), metrics {model.get('metrics')}")
+    for variant in model.get("variants") or []:
+        published = "published" if variant.get("published") else "not published"
+        kubelet.say(f"variant {variant.get('name')}: {published}: {variant.get('message')}")
     return {
         "metadata": {"name": owner.name, "uid": owner.uid},
         "spec": spec.to_wire(),

@@ -12,6 +12,12 @@ Three formats, told apart by the manifest's `format`:
   (`CausalLMManifest`), served over the OpenAI API;
 - LoRA adapters (`peft-lora`): PEFT's `adapter_config.json` + `adapter_model.safetensors`,
   naming the base model they apply to by URI and manifest sha256 (`AdapterManifest`).
+
+Tensor models and causal LMs may carry optimized variants (int8, fp16, bf16, onnx) under
+`variants/<name>/`, each listed in the manifest's `variants` with its own files, datatypes,
+size and the accuracy (or perplexity) measured after conversion. The top-level `files` are
+the full model's alone, so a manifest without variants reads as before, and a reader that
+serves one variant fetches and verifies only that variant's files (`select`, `verify`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ Datatype = Literal[
 ]
 """Every Open Inference Protocol tensor datatype (KServe's v2 protocol, "Tensor Data Types")."""
 TensorFormat = Literal["torchscript", "torch.export", "onnx"]
+VariantName = Literal["int8", "fp16", "bf16", "onnx"]
+"""The optimized variants a TrainingJob can publish (`spec.output.variants`)."""
+VARIANTS_DIR = "variants"
+"""Variant files live under `variants/<name>/` in the artifact directory."""
 CAUSAL_LM_FORMAT = "hf-causal-lm"
 LORA_ADAPTER_FORMAT = "peft-lora"
 CAUSAL_LM_REQUIRED_FILES = ("config.json", "generation_config.json", "tokenizer_config.json")
@@ -80,6 +90,50 @@ class Source(_Model):
     attempt: int | None = None
 
 
+class Variant(_Model):
+    """One optimized copy of the model, published next to the full one and served instead of it on request.
+
+    Its `metrics` are measured on the job's validation split after conversion, with the same
+    evaluator as the full model's in the same manifest (e.g. `val_accuracy` and
+    `val_accuracy_drop` in points, or `val_perplexity` and `val_perplexity_ratio`).
+    """
+
+    format: TensorFormat | Literal["hf-causal-lm"]
+    files: dict[str, FileEntry]
+    """The variant's files, by path relative to the artifact directory (under variants/<name>/)."""
+    model_file: str | None = Field(default=None, alias="modelFile")
+    """Tensor models: the file the server loads."""
+    directory: str | None = None
+    """Causal LMs: the Hugging Face model directory of the variant, relative to the artifact."""
+    datatypes: list[Datatype]
+    """The datatypes of its weights (inputs and outputs keep the full model's)."""
+    size_bytes: int = Field(alias="sizeBytes", ge=0)
+    """Its files' size on disk."""
+    quantization: str | None = None
+    """How it was made, e.g. `torch.ao.quantization.quantize_dynamic(Linear, qint8)`."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    summary: str | None = None
+    """Its cost against the full model, in words with the numbers."""
+
+    def check_files(self, name: str) -> None:
+        """Raise ArtifactError when the file (or directory) it names is not among its files."""
+        prefix = f"{VARIANTS_DIR}/{name}/"
+        outside = [path for path in self.files if not path.startswith(prefix)]
+        if outside:
+            raise ArtifactError(f"variant {name!r} lists {', '.join(outside)}, outside {prefix}")
+        if self.model_file is not None and self.model_file not in self.files:
+            raise ArtifactError(f"variant {name!r}: model file {self.model_file!r} is not among its files")
+        if self.directory is not None and not any(path.startswith(f"{self.directory}/") for path in self.files):
+            raise ArtifactError(f"variant {name!r}: directory {self.directory!r} has none of its files")
+
+
+class RejectedVariant(_Model):
+    """A requested variant that is not in the artifact: over maxAccuracyDrop, or its conversion failed."""
+
+    message: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
 class _ManifestBase(_Model):
     format_version: int = Field(default=FORMAT_VERSION, alias="formatVersion")
     files: dict[str, FileEntry]
@@ -108,10 +162,34 @@ class TensorManifest(_ManifestBase):
     outputs: list[TensorSpec]
     labels: list[str] | None = None
     """Class names, index-aligned with the output's last dimension, when known."""
+    variants: dict[VariantName, Variant] = Field(default_factory=dict)
+    rejected_variants: dict[VariantName, RejectedVariant] = Field(default_factory=dict, alias="rejectedVariants")
+    """Requested variants left out, and why (the numbers)."""
 
     def check_files(self) -> None:
         if self.model_file not in self.files:
             raise ArtifactError(f"model file {self.model_file!r} is not among the artifact's files")
+        for name, variant in self.variants.items():
+            variant.check_files(name)
+            if variant.model_file is None or variant.format == CAUSAL_LM_FORMAT:
+                raise ArtifactError(f"variant {name!r} of a tensor model needs a tensor format and a modelFile")
+
+    def select(self, variant: str | None) -> TensorManifest:
+        """The manifest as the server sees it when serving `variant` (None: the full model):
+        that variant's format, model file and files, the same inputs and outputs."""
+        if variant is None:
+            return self
+        chosen = _variant(self.variants, variant)
+        assert chosen.model_file is not None  # check_files ensures it
+        return self.model_copy(
+            update={
+                "format": chosen.format,
+                "model_file": chosen.model_file,
+                "files": chosen.files,
+                "variants": {},
+                "rejected_variants": {},
+            }
+        )
 
 
 class CausalLMManifest(_ManifestBase):
@@ -126,6 +204,9 @@ class CausalLMManifest(_ManifestBase):
     """Number of parameters, for humans and capacity planning."""
     dtype: str | None = None
     """The weights' dtype on disk, e.g. float32, bfloat16."""
+    variants: dict[VariantName, Variant] = Field(default_factory=dict)
+    rejected_variants: dict[VariantName, RejectedVariant] = Field(default_factory=dict, alias="rejectedVariants")
+    """Requested variants left out, and why (the numbers)."""
 
     def check_files(self) -> None:
         _require(self.files, CAUSAL_LM_REQUIRED_FILES, "a causal-LM artifact")
@@ -133,6 +214,27 @@ class CausalLMManifest(_ManifestBase):
             raise ArtifactError("a causal-LM artifact needs its weights as *.safetensors")
         if not any(name in self.files for name in ("tokenizer.json", "tokenizer.model")):
             raise ArtifactError("a causal-LM artifact needs tokenizer.json or tokenizer.model")
+        for name, variant in self.variants.items():
+            variant.check_files(name)
+            if variant.directory is None or variant.format != CAUSAL_LM_FORMAT:
+                raise ArtifactError(f"variant {name!r} of a causal LM needs format hf-causal-lm and a directory")
+
+    def select(self, variant: str | None) -> CausalLMManifest:
+        """The manifest of `variant` (None: the full model), whose files are under `variant_directory`."""
+        if variant is None:
+            return self
+        chosen = _variant(self.variants, variant)
+        prefix = f"{chosen.directory}/"
+        files = {path.removeprefix(prefix): entry for path, entry in chosen.files.items()}
+        return self.model_copy(update={"files": files, "variants": {}, "rejected_variants": {}})
+
+    def variant_directory(self, variant: str | None) -> str:
+        """The model directory of `variant` relative to the artifact ("." for the full model)."""
+        if variant is None:
+            return "."
+        directory = _variant(self.variants, variant).directory
+        assert directory is not None  # check_files ensures it
+        return directory
 
 
 class BaseModelReference(_Model):
@@ -154,6 +256,13 @@ class AdapterManifest(_ManifestBase):
 
     def check_files(self) -> None:
         _require(self.files, ADAPTER_REQUIRED_FILES, "a LoRA adapter artifact")
+
+
+def _variant(variants: dict[VariantName, Variant], name: str) -> Variant:
+    if name not in variants:
+        available = ", ".join(["full (the default)", *sorted(variants)])
+        raise ArtifactError(f"the artifact has no variant {name!r} (spec.model.variant); it has: {available}")
+    return variants[name]
 
 
 def _require(files: dict[str, FileEntry], required: tuple[str, ...], what: str) -> None:
@@ -189,13 +298,34 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def describe_files(directory: pathlib.Path) -> dict[str, FileEntry]:
-    """sha256 and size of every file under the directory except the manifest."""
+    """sha256 and size of every file under the directory except the manifest and the variants."""
     entries: dict[str, FileEntry] = {}
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory).as_posix()
-        if path.is_file() and relative != MANIFEST_FILE:
+        if path.is_file() and relative != MANIFEST_FILE and not relative.startswith(f"{VARIANTS_DIR}/"):
             entries[relative] = FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
     return entries
+
+
+def describe_variant_files(directory: pathlib.Path, name: str) -> dict[str, FileEntry]:
+    """sha256 and size of every file under `variants/<name>/`, by path relative to `directory`."""
+    root = directory / VARIANTS_DIR / name
+    return {
+        path.relative_to(directory).as_posix(): FileEntry(sha256=sha256_file(path), size=path.stat().st_size)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def selected_files(manifest: ArtifactManifest, variant: str | None) -> dict[str, FileEntry]:
+    """The files a reader of `variant` needs (None: the full model's), by path relative to the artifact.
+
+    Raises ArtifactError, listing the variants there are, when the artifact has no such variant."""
+    if variant is None:
+        return manifest.files
+    if isinstance(manifest, AdapterManifest):
+        raise ArtifactError(f"a LoRA adapter artifact has no variants (spec.model.variant is {variant!r})")
+    return _variant(manifest.variants, variant).files
 
 
 def write_manifest(directory: pathlib.Path, manifest: ArtifactManifest) -> str:
@@ -230,11 +360,12 @@ def load_manifest(directory: pathlib.Path, expected_sha256: str | None = None) -
     return manifest, digest
 
 
-def verify(directory: pathlib.Path, expected_sha256: str | None = None) -> ArtifactManifest:
-    """The manifest, after checking every listed file's size and sha256; raises ArtifactError."""
+def verify(directory: pathlib.Path, expected_sha256: str | None = None, variant: str | None = None) -> ArtifactManifest:
+    """The manifest, after checking the size and sha256 of every file of the full model (or of
+    `variant` alone); raises ArtifactError."""
     manifest, _ = load_manifest(directory, expected_sha256)
     manifest.check_files()
-    for relative, entry in manifest.files.items():
+    for relative, entry in selected_files(manifest, variant).items():
         path = directory / relative
         if not path.is_file():
             raise ArtifactError(f"{relative} is listed in the manifest but missing")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 import platform
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, Protocol
@@ -52,22 +53,38 @@ def save_causal_lm(
     *,
     source: artifact.Source | None = None,
     metrics: dict[str, float] | None = None,
+    variants: Sequence[artifact.VariantName] = (),
+    validation: Sequence[Sequence[int]] | None = None,
+    max_perplexity_ratio: float | None = None,
 ) -> tuple[artifact.CausalLMManifest, str]:
     """Write `model` (safetensors + config.json + generation_config.json) and `tokenizer` (with
-    its chat template) into `directory`, then manifest.json last.
+    its chat template) into `directory`, the requested variants (causal LMs: `int8`, measured on
+    `validation` token id sequences, see variants.causal_lm), then manifest.json last.
 
     Returns the manifest and its sha256 (what `status.model.sha256` pins). Raises ValueError
-    when the tokenizer has no chat template (the OpenAI chat API needs one) and ArtifactError
-    when a file the format needs was not written.
+    when the tokenizer has no chat template (the OpenAI chat API needs one), or for variants other
+    than int8 or without validation data, and ArtifactError when a file the format needs was not written.
     """
     if not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat_template; set one so /v1/chat/completions can render messages")
+    unsupported = [name for name in variants if name != "int8"]
+    if unsupported:
+        raise ValueError(f"output.variants: causal LMs publish int8 only, not {', '.join(unsupported)}")
+    if variants and not validation:
+        raise ValueError("output.variants needs validation data to measure perplexity on")
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     _portable_tokenizer_config(directory / "tokenizer_config.json")
     manifest = causal_lm_manifest(directory, source=source, metrics=metrics)
-    return manifest, artifact.write_manifest(directory, manifest)
+    if variants and validation:
+        from maas_workloads.variants.causal_lm import add_int8_variant
+
+        manifest = add_int8_variant(directory, manifest, validation, max_perplexity_ratio)
+    digest = artifact.write_manifest(directory, manifest)
+    for name in (None, *manifest.variants):
+        artifact.verify(directory, digest, name)
+    return manifest, digest
 
 
 def causal_lm_manifest(

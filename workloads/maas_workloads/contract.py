@@ -75,6 +75,16 @@ class ArtifactReport(TypedDict):
     """sha256 of the artifact's manifest.json, which itself lists every file's sha256."""
 
 
+class VariantReport(TypedDict):
+    """One requested optimized variant: published in the artifact, or not and why (status.model.variants[])."""
+
+    name: str
+    published: bool
+    message: str
+    """The numbers, e.g. "val_accuracy 0.9444 vs 0.9500 for the full model, a drop of 0.56 points"."""
+    metrics: dict[str, float]
+
+
 class ModelReport(TypedDict, total=False):
     """The published artifact, as the head reports it and `status.model` shows it."""
 
@@ -85,6 +95,7 @@ class ModelReport(TypedDict, total=False):
     adapter: ArtifactReport
     """A LoRA fine-tune that also published its merged model (at `uri`, the one served): the
     adapter alone, at `<uri>/adapter`."""
+    variants: list[VariantReport]
 
 
 class TerminationMessage(TypedDict, total=False):
@@ -121,6 +132,8 @@ HEALTH_READY_PATH: Final = "/v2/health/ready"
 ENV_MODEL_NAME: Final = "MAAS_MODEL_NAME"
 ENV_MODEL_URI: Final = "MAAS_MODEL_URI"
 ENV_MODEL_SHA256: Final = "MAAS_MODEL_SHA256"
+ENV_MODEL_VARIANT: Final = "MAAS_MODEL_VARIANT"
+"""The artifact's optimized variant to serve (spec.model.variant: int8, fp16, bf16, onnx); unset: the full model."""
 ENV_PORT: Final = "MAAS_PORT"
 ENV_MAX_BATCH_SIZE: Final = "MAAS_MAX_BATCH_SIZE"
 ENV_MAX_DELAY_MS: Final = "MAAS_MAX_DELAY_MS"

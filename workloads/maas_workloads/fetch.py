@@ -1,6 +1,7 @@
 """Fetch a model artifact into a local cache and verify it: the init container of LLM pods.
 
     python -m maas_workloads.fetch   # configured by MAAS_MODEL_URI, MAAS_MODEL_SHA256, MAAS_FETCH_DESTINATION
+                                     # (and MAAS_MODEL_VARIANT: only that variant's files)
 
 The engine (ours or vLLM) then starts from local disk. The artifact is staged next to its
 destination and renamed into place only once every file matches the manifest, so a reader
@@ -37,8 +38,16 @@ ENV_LORA_ADAPTERS: Final = contract.ENV_LORA_ADAPTERS
 log = logging.getLogger("maas.fetch")
 
 
-def fetch(uri: str, destination: pathlib.Path, expected_sha256: str | None, *, merge_adapter: bool = True) -> bool:
-    """Make `destination` a verified copy of the artifact at `uri`; returns False on a cache hit.
+def fetch(
+    uri: str,
+    destination: pathlib.Path,
+    expected_sha256: str | None,
+    *,
+    merge_adapter: bool = True,
+    variant: str | None = None,
+) -> bool:
+    """Make `destination` a verified copy of the artifact at `uri` (of its manifest and `variant`'s
+    files alone, when one is named); returns False on a cache hit.
 
     With `merge_adapter`, a LoRA adapter artifact becomes its base model with the adapter merged
     (a causal LM); without, it is copied as it is (adapters vLLM serves by name).
@@ -48,20 +57,20 @@ def fetch(uri: str, destination: pathlib.Path, expected_sha256: str | None, *, m
     """
     if destination.is_dir():
         try:
-            verify(destination, expected_sha256)
+            verify(destination, expected_sha256, variant)
             return False
         except ArtifactError as error:
             log.warning("cached copy is not usable, fetching again", extra={"reason": str(error)})
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
-        fetched = sources.resolve(uri, staging / "download")
+        fetched = sources.resolve(uri, staging / "download", variant=variant)
         target = staging / "artifact"
         if fetched.is_relative_to(staging):
             fetched.rename(target)
         else:  # a local directory or mounted volume: copy it onto the cache volume
             shutil.copytree(fetched, target)
-        manifest = verify(target, expected_sha256)
+        manifest = verify(target, expected_sha256, variant)
         if merge_adapter and isinstance(manifest, AdapterManifest):
             # A fine-tune that published only its LoRA adapter: fetch the base it names and serve the merge.
             base = staging / "base"
@@ -85,14 +94,17 @@ def main() -> int:
         return contract.ExitCode.CONFIGURATION_ERROR
     try:
         adapters = json.loads(os.environ.get(ENV_LORA_ADAPTERS) or "[]")
-        jobs = [(uri, pathlib.Path(destination), os.environ.get(contract.ENV_MODEL_SHA256) or None, True)]
-        jobs += [(a["uri"], pathlib.Path(f"{destination}-lora-{a['name']}"), a.get("sha256"), False) for a in adapters]
+        variant = os.environ.get(contract.ENV_MODEL_VARIANT) or None
+        jobs = [(uri, pathlib.Path(destination), os.environ.get(contract.ENV_MODEL_SHA256) or None, True, variant)]
+        jobs += [
+            (a["uri"], pathlib.Path(f"{destination}-lora-{a['name']}"), a.get("sha256"), False, None) for a in adapters
+        ]
     except (ValueError, KeyError, TypeError) as error:
         print(f"{ENV_LORA_ADAPTERS} is not a JSON list of {{name, uri, sha256}}: {error}", file=sys.stderr)
         return contract.ExitCode.CONFIGURATION_ERROR
-    for source, target, pin, merge in jobs:
+    for source, target, pin, merge, selected in jobs:
         try:
-            downloaded = fetch(source, target, pin, merge_adapter=merge)
+            downloaded = fetch(source, target, pin, merge_adapter=merge, variant=selected)
         except ArtifactError as error:
             _report(f"{source}: {error}")
             return contract.ExitCode.CONFIGURATION_ERROR

@@ -68,11 +68,19 @@ def termination_log_path() -> str:
     return os.environ.get(contract.ENV_TERMINATION_LOG, contract.TERMINATION_LOG)
 
 
+def _without_metrics(model: contract.ModelReport) -> contract.ModelReport:
+    """The report without metrics (the manifest keeps them), so that it fits the termination log."""
+    short: contract.ModelReport = {"uri": model["uri"], "sha256": model["sha256"]}
+    if "variants" in model:
+        short["variants"] = [{**variant, "metrics": {}} for variant in model["variants"]]
+    return short
+
+
 def write_termination_message(message: contract.TerminationMessage) -> None:
     """JSON under 4 KiB; an error message is cut, a model's metrics are dropped before its URI."""
     data = json.dumps(message, separators=(",", ":"))
     if len(data.encode()) > contract.TERMINATION_MESSAGE_MAX_BYTES and "model" in message:
-        message = {"model": {k: v for k, v in message["model"].items() if k != "metrics"}}  # type: ignore[typeddict-item]
+        message = {"model": _without_metrics(message["model"])}
         data = json.dumps(message, separators=(",", ":"))
     if len(data.encode()) > contract.TERMINATION_MESSAGE_MAX_BYTES and "error" in message:
         budget = contract.TERMINATION_MESSAGE_MAX_BYTES - 64
@@ -278,6 +286,16 @@ def published_model(context: JobContext) -> contract.ModelReport:
     report: contract.ModelReport = {"uri": context.output_uri, "sha256": digest, "metrics": manifest.metrics}
     if adapter is not None:
         report["adapter"] = adapter
+    if not isinstance(manifest, artifact.AdapterManifest) and (manifest.variants or manifest.rejected_variants):
+        published: list[contract.VariantReport] = [
+            {"name": name, "published": True, "message": variant.summary or "", "metrics": variant.metrics}
+            for name, variant in manifest.variants.items()
+        ]
+        refused: list[contract.VariantReport] = [
+            {"name": name, "published": False, "message": rejected.message, "metrics": rejected.metrics}
+            for name, rejected in manifest.rejected_variants.items()
+        ]
+        report["variants"] = published + refused
     return report
 
 

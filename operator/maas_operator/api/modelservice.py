@@ -23,6 +23,8 @@ from maas_operator.api.names import max_name_length, name_rules
 from maas_operator.api.pods import PodOptions, pod_rules
 from maas_operator.api.serving import AuthSpec, BatchingSpec, ServerSpec, ServiceOptions
 from maas_operator.api.validation import DNS1035_LABEL, Rule, enforcer, full_match, int_or_string
+from maas_operator.api.variants import VARIANT_RULES
+from maas_workloads.artifact import VariantName
 
 KIND = "ModelService"
 PLURAL = "modelservices"
@@ -103,6 +105,9 @@ class ModelSource(ApiModel):
     """Secret whose keys become environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
     AWS_ENDPOINT_URL, AWS_REGION) for s3:// models; with trainingJobRef, the job's output Secret
     is used when this is empty."""
+    variant: VariantName | None = None
+    """Serve this optimized variant of the artifact (see TrainingJob output.variants): int8, fp16,
+    bf16 or onnx for tensor models, int8 for causal LMs. Default: the full model."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -250,6 +255,7 @@ class ModelServiceSpec(PodOptions):
                 "autoscaling on cpu needs resources.cpu: utilization is measured against the request",
                 fieldPath=".autoscaling",
             ),
+            *(rule.schema() for rule in VARIANT_RULES),
             cel(
                 "!has(self.generation) || !has(self.generation.loraAdapters) || "
                 "size(self.generation.loraAdapters) == 0 || (has(self.engine) && self.engine == 'vllm')",
@@ -297,6 +303,8 @@ class ModelServiceSpec(PodOptions):
             and self.resources.cpu is None
         ):
             raise ValueError("autoscaling on cpu needs resources.cpu: utilization is measured against the request")
+        for rule in VARIANT_RULES:
+            rule.enforce(self)
         if self.generation is not None and self.generation.lora_adapters and self.engine != "vllm":
             raise ValueError("generation.loraAdapters needs engine: vllm (the builtin engine serves merged models)")
         return self
@@ -339,6 +347,8 @@ class ServedModel(ApiModel):
     """The TrainingJob that produced it, for trainingJobRef."""
     secret_ref: LocalObjectReference | None = None
     """Secret with the credentials to fetch it (its keys become environment variables)."""
+    variant: VariantName | None = None
+    """The optimized variant served (spec.model.variant); empty: the full model."""
 
 
 class FailedModel(ServedModel):

@@ -19,6 +19,7 @@ from maas_operator.api.names import max_name_length, name_rules
 from maas_operator.api.pods import PodOptions, pod_rules
 from maas_operator.api.trainer import TrainerSpec
 from maas_operator.api.validation import DNS_LABEL_MAX_LENGTH, LABEL_VALUE, Rule
+from maas_workloads.artifact import VariantName
 
 KIND = "TrainingJob"
 PLURAL = "trainingjobs"
@@ -75,6 +76,28 @@ class CheckpointSpec(StorageLocation):
     """Checkpoints kept; older ones are deleted once a newer one is complete."""
 
 
+class OutputSpec(StorageLocation):
+    """Where the model artifact is published, and which optimized variants are published with it."""
+
+    variants: list[VariantName] = Field(
+        default_factory=list, max_length=4, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Optimized copies published next to the full model, each measured on the validation split:
+    int8 (dynamic int8 quantization of Linear layers), fp16 and bf16 (cast), onnx (run by ONNX
+    Runtime). A ModelService picks one with spec.model.variant."""
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=100)
+    """Publish only the variants that cost at most this much: validation accuracy points for
+    classifiers (1 allows 95% -> 94%); for causal LMs, the largest ratio of the variant's validation
+    perplexity to the full model's (1.05 allows 5% more). Unset: every variant is published, with
+    its measured cost."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> OutputSpec:
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError("variants: each variant may be listed once")
+        return self
+
+
 class RunPolicy(ApiModel):
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Failed attempts charged to the application before the run is Failed. Platform failures
@@ -129,6 +152,14 @@ QLORA_NEEDS_GPU = Rule(
     ),
     field_path=".trainer.causalLM.method",
 )
+VARIANTS_NEED_VALIDATION = Rule(
+    "!has(self.output.variants) || size(self.output.variants) == 0 || !has(self.trainer) || "
+    "!has(self.trainer.hyperparameters) || !has(self.trainer.hyperparameters.validationSplit) || "
+    "self.trainer.hyperparameters.validationSplit > 0",
+    "output.variants are measured on the validation split: set trainer.hyperparameters.validationSplit above 0",
+    lambda spec: not spec.output.variants or spec.trainer is None or spec.trainer.hyperparameters.validation_split != 0,
+    field_path=".output.variants",
+)
 QUEUE_LABEL = Rule(
     " && ".join(
         f"!(has(self.{group}) && has(self.{group}.labels) && '{KUEUE_QUEUE_LABEL}' in self.{group}.labels)"
@@ -156,6 +187,7 @@ class TrainingJobSpec(ApiModel):
                 ),
                 QUEUE_LABEL.schema(),
                 QLORA_NEEDS_GPU.schema(),
+                VARIANTS_NEED_VALIDATION.schema(),
                 *(rule.schema() for rule in IMMUTABLE_RULES),
             ]
         }
@@ -176,8 +208,8 @@ class TrainingJobSpec(ApiModel):
     """The Ray head pod: it runs the driver, not training steps."""
     checkpoint: CheckpointSpec | None = None
     """Without it, a restarted attempt starts from scratch."""
-    output: StorageLocation
-    """Where the model artifact is published."""
+    output: OutputSpec
+    """Where the model artifact is published, with its optimized variants."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     """The only part of the spec that may change while the TrainingJob exists."""
 
@@ -189,6 +221,7 @@ class TrainingJobSpec(ApiModel):
             raise ValueError("args need a command")
         QUEUE_LABEL.enforce(self)
         QLORA_NEEDS_GPU.enforce(self)
+        VARIANTS_NEED_VALIDATION.enforce(self)
         return self
 
 
@@ -241,6 +274,18 @@ class ArtifactReference(ApiModel):
     """sha256 of the artifact's manifest.json."""
 
 
+class VariantStatus(ApiModel):
+    """One requested optimized variant (spec.output.variants)."""
+
+    name: VariantName
+    published: bool
+    """False when it cost more than output.maxAccuracyDrop, or could not be made."""
+    message: str = ""
+    """Its cost against the full model, with the numbers, or why it was not published."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Measured on the validation split after conversion, e.g. val_accuracy and val_accuracy_drop (points)."""
+
+
 class ModelStatus(ApiModel):
     """The published artifact."""
 
@@ -250,6 +295,8 @@ class ModelStatus(ApiModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     adapter: ArtifactReference | None = None
     """A LoRA fine-tune's adapter alone, when the model at uri is the base with the adapter merged in."""
+    variants: list[VariantStatus] = Field(default_factory=list)
+    """What became of each requested variant; a ModelService serves a published one by name."""
 
 
 MAX_FAILURES_KEPT = 10

@@ -26,6 +26,7 @@ from maas_operator.builders.pods import (
     env_list,
 )
 from maas_workloads import contract
+from maas_workloads.artifact import VARIANTS_DIR
 
 VLLM_COMMAND: Final = ("python3", "-m", "vllm.entrypoints.openai.api_server")
 """Works in every vLLM image (the `vllm` CLI needs a distribution named vllm, which CPU builds lack)."""
@@ -43,9 +44,9 @@ def quantity_bytes(quantity: str) -> int:
 
 def model_directory(model: ServedModel) -> str:
     """Where the init container puts the verified artifact: keyed by its pinned sha256 (so a shared
-    cache holds each version once), else by its URI."""
+    cache holds each version once), else by its URI; a variant (only its files are fetched) apart."""
     key = model.sha256 or hashlib.sha256(model.uri.encode()).hexdigest()[:32]
-    return f"{contract.MODEL_CACHE_MOUNT}/{key}"
+    return f"{contract.MODEL_CACHE_MOUNT}/{key}{f'-{model.variant}' if model.variant else ''}"
 
 
 def fetch_container(
@@ -60,6 +61,8 @@ def fetch_container(
     }
     if model.sha256:
         env[contract.ENV_MODEL_SHA256] = model.sha256
+    if model.variant:
+        env[contract.ENV_MODEL_VARIANT] = model.variant
     generation = spec.generation
     if generation is not None and generation.lora_adapters:
         env[contract.ENV_LORA_ADAPTERS] = json.dumps([adapter.to_wire() for adapter in generation.lora_adapters])
@@ -129,7 +132,7 @@ def vllm_args(spec: ModelServiceSpec, served_name: str, model: ServedModel) -> l
     generation = spec.generation or GenerationSpec()
     directory = model_directory(model)
     args = [
-        "--model", directory,
+        "--model", f"{directory}/{VARIANTS_DIR}/{model.variant}" if model.variant else directory,
         "--served-model-name", served_name,
         "--host", "0.0.0.0",
         "--port", str(spec.server.port),
@@ -148,6 +151,9 @@ def vllm_args(spec: ModelServiceSpec, served_name: str, model: ServedModel) -> l
             args += ["--kv-cache-memory-bytes", str(quantity_bytes(generation.kv_cache_memory))]
         else:
             args += ["--gpu-memory-utilization", str(generation.gpu_memory_utilization)]
+    if model.variant:
+        # The int8 variant is a torchao checkpoint (quantization_config in its config.json).
+        args += ["--quantization", "torchao"]
     if generation.lora_adapters:
         modules = [f"{adapter.name}={directory}-lora-{adapter.name}" for adapter in generation.lora_adapters]
         args += ["--enable-lora", "--max-loras", str(len(modules)), "--lora-modules", *modules]

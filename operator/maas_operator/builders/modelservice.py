@@ -126,6 +126,8 @@ def _server_env(owner: Owner, spec: ModelServiceSpec, model: ServedModel, uri: s
     }
     if model.sha256:
         env[contract.ENV_MODEL_SHA256] = model.sha256
+    if model.variant:
+        env[contract.ENV_MODEL_VARIANT] = model.variant
     threads = _omp_threads(spec)
     if threads:
         env[contract.ENV_THREADS] = threads

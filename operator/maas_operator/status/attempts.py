@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from maas_operator.api.trainingjob import ProgressStatus
+from maas_operator.api.trainingjob import ProgressStatus, VariantStatus
 from maas_operator.status.plan import parse_time
 from maas_operator.status.pods import PLATFORM_POD_REASONS, NodeView, PodView
 from maas_workloads.contract import ExitCode, TerminationMessage
@@ -48,6 +48,17 @@ def parse_termination_message(text: str | None) -> TerminationMessage:
     except ValueError:
         return {"error": text.strip()[-1000:]}
     return parsed if isinstance(parsed, dict) else {"error": text.strip()[-1000:]}  # type: ignore[return-value]
+
+
+def variant_statuses(reported: object) -> list[VariantStatus]:
+    """`model.variants` of a termination message as status; entries that are not well-formed are skipped."""
+    statuses = []
+    for entry in reported if isinstance(reported, list) else []:
+        try:
+            statuses.append(VariantStatus.model_validate(entry))
+        except ValueError:
+            continue
+    return statuses
 
 
 def classify_head_failure(head: PodView) -> HeadFailure:

@@ -43,6 +43,23 @@ def _training_output_secret(job: Mapping[str, Any]) -> LocalObjectReference | No
     return LocalObjectReference(name=name) if name else None
 
 
+def _unpublished_variant(job: str, variant: str | None, reported: object) -> str | None:
+    """Why the TrainingJob's artifact lacks `variant` (its status.model.variants), or None when it has it."""
+    if variant is None:
+        return None
+    entries = [entry for entry in reported if isinstance(entry, dict)] if isinstance(reported, list) else []
+    entry = next((e for e in entries if e.get("name") == variant), None)
+    if entry is not None and entry.get("published"):
+        return None
+    available = ", ".join(["full (no variant)", *(str(e.get("name")) for e in entries if e.get("published"))])
+    reason = (
+        f"it was not published: {entry.get('message')}"
+        if entry is not None
+        else "it is not in the job's output.variants"
+    )
+    return f"model.variant {variant}: TrainingJob {job} has no {variant} variant ({reason}); it has: {available}"
+
+
 def resolve(
     source: ModelSource, training_jobs: Mapping[str, dict[str, Any] | None], serving: ServedModel | None = None
 ) -> Resolution:
@@ -50,7 +67,7 @@ def resolve(
     serving when its TrainingJob is deleted after it succeeded (e.g. by ttlSecondsAfterFinished)."""
     if source.uri is not None:
         return Resolution(
-            ServedModel(uri=source.uri, sha256=source.sha256, secret_ref=source.secret_ref),
+            ServedModel(uri=source.uri, sha256=source.sha256, secret_ref=source.secret_ref, variant=source.variant),
             "UriSet",
             f"serving {source.uri}",
         )
@@ -96,11 +113,15 @@ def resolve(
             "ChecksumMismatch",
             f"TrainingJob {name} produced a model with sha256 {sha256}, but model.sha256 pins {source.sha256}",
         )
+    missing = _unpublished_variant(name, source.variant, produced.get("variants"))
+    if missing:
+        return Resolution(None, "VariantNotPublished", missing)
     metadata = job.get("metadata") or {}
     model = ServedModel(
         uri=_training_output_uri(job, produced["uri"]),
         sha256=sha256,
         training_job=TrainingJobSource(name=name, uid=metadata.get("uid")),
         secret_ref=source.secret_ref or _training_output_secret(job),
+        variant=source.variant,
     )
     return Resolution(model, "TrainingJobSucceeded", f"serving the model of TrainingJob {name}")

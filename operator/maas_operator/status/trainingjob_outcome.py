@@ -20,7 +20,7 @@ from maas_operator.api.trainingjob import (
     TrainingJobStatus,
 )
 from maas_operator.status import kstatus
-from maas_operator.status.attempts import HeadFailure, Timing, parse_termination_message
+from maas_operator.status.attempts import HeadFailure, Timing, parse_termination_message, variant_statuses
 from maas_operator.status.plan import (
     ChildKey,
     Create,
@@ -174,8 +174,16 @@ class OutcomePlanner(StatusPlanner[TrainingJobStatus]):
                 adapter=ArtifactReference(uri=str(adapter["uri"]), sha256=str(adapter["sha256"]))
                 if adapter and adapter.get("uri") and adapter.get("sha256")
                 else None,
+                variants=variant_statuses(report.get("variants")),
             )
             message = f"attempt {head.attempt} finished; model published at {model.uri}"
+            refused = [v for v in model.variants if not v.published]
+            if refused:
+                self.event(
+                    "VariantsNotPublished",
+                    "; ".join(f"{variant.name}: {variant.message}" for variant in refused),
+                    warning=True,
+                )
         else:
             message = f"attempt {head.attempt} finished, but the head reported no model artifact"
             self.event("NoModelReported", message, warning=True)

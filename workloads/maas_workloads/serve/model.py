@@ -20,6 +20,7 @@ import torch
 from maas_workloads.artifact import ArtifactError, TensorManifest, TensorSpec, load_manifest, verify
 from maas_workloads.serve import datatypes
 from maas_workloads.serve.oip import Tensor
+from maas_workloads.serve.onnx_engine import OnnxModule
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,21 @@ class LoadedModel:
         return arrays
 
 
-def load(directory: pathlib.Path, *, expected_sha256: str | None, device: str) -> LoadedModel:
-    """Verify every file against the manifest, load the model and run one warm-up batch."""
+def load(
+    directory: pathlib.Path, *, expected_sha256: str | None, device: str, variant: str | None = None
+) -> LoadedModel:
+    """Verify every file of the full model (or of `variant`) against the manifest, load it and run
+    one warm-up batch. Raises ArtifactError, listing the variants there are, for a missing variant."""
     started = time.perf_counter()
-    manifest = verify(directory, expected_sha256)
-    if not isinstance(manifest, TensorManifest):
-        raise ArtifactError(f"a {manifest.format} artifact is not a tensor model: the OIP server cannot serve it")
+    full = verify(directory, expected_sha256, variant)
+    if not isinstance(full, TensorManifest):
+        raise ArtifactError(f"a {full.format} artifact is not a tensor model: the OIP server cannot serve it")
+    manifest = full.select(variant)
     _, manifest_sha256 = load_manifest(directory)
     target = select_device(device)
     path = directory / manifest.model_file
     try:
-        module = _load_module(manifest, path, target)
+        module = load_module(manifest, path, target)
     except (RuntimeError, ValueError, OSError) as error:
         raise ArtifactError(f"{manifest.model_file} cannot be loaded as {manifest.format}: {error}") from error
     model = LoadedModel(manifest, manifest_sha256, module, target, 0.0)
@@ -110,14 +115,17 @@ def load(directory: pathlib.Path, *, expected_sha256: str | None, device: str) -
     return dataclasses.replace(model, load_seconds=seconds)
 
 
-def _load_module(manifest: TensorManifest, path: pathlib.Path, device: torch.device) -> Any:
+def load_module(manifest: TensorManifest, path: pathlib.Path, device: torch.device) -> Any:
+    """The callable model in `path`, as `manifest.format` says: TorchScript, torch.export or ONNX (ONNX Runtime)."""
     if manifest.format == "torchscript":
         module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]
         module.eval()
         return module
     if manifest.format == "torch.export":
         return torch.export.load(str(path)).module().to(device)
-    raise ArtifactError(f"{manifest.format} artifacts are not supported by this server; export TorchScript instead")
+    module = OnnxModule(path, device)
+    module.check_names([spec.name for spec in manifest.inputs], [spec.name for spec in manifest.outputs])
+    return module
 
 
 def _warm_up(model: LoadedModel) -> None:

@@ -11,8 +11,10 @@ import pathlib
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 from maas_workloads import contract
+from maas_workloads.artifact import VariantName
 from maas_workloads.serve.http.settings import (
     HTTP_FLAGS,
     Flag,
@@ -34,6 +36,8 @@ class Settings:
     model_name: str
     model_version: str
     model_sha256: str | None
+    model_variant: str | None
+    """The artifact's optimized variant to serve (int8, fp16, bf16, onnx); None: the full model."""
     max_batch_size: int
     max_delay_ms: float
     max_queue_size: int
@@ -52,6 +56,11 @@ _FLAGS: tuple[Flag, ...] = (
     ),
     Flag("--model-version", contract.ENV_MODEL_VERSION, "version reported and accepted (default: 1)"),
     Flag("--model-sha256", contract.ENV_MODEL_SHA256, "pin the sha256 of the artifact's manifest.json"),
+    Flag(
+        "--variant",
+        contract.ENV_MODEL_VARIANT,
+        f"serve this optimized variant of the artifact: {', '.join(get_args(VariantName))} (default: the full model)",
+    ),
     Flag(
         "--max-batch-size", contract.ENV_MAX_BATCH_SIZE, f"rows per batch (default: {contract.DEFAULT_MAX_BATCH_SIZE})"
     ),
@@ -97,12 +106,16 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
     sha256 = options.text("model_sha256")
     if sha256 is not None and (len(sha256) != 64 or not all(c in "0123456789abcdefABCDEF" for c in sha256)):
         raise SettingsError(f"{_FLAGS[3]} must be 64 hex digits, got {sha256!r}")
+    variant = options.text("variant")
+    if variant is not None and variant not in get_args(VariantName):
+        raise SettingsError(f"{_FLAGS[4]} must be one of {', '.join(get_args(VariantName))}, got {variant!r}")
     cache_dir = options.text("cache_dir")
     return Settings(
         model_uri=model_uri,
         model_name=options.text("model_name") or model_name_of(model_uri),
         model_version=options.text("model_version") or "1",
         model_sha256=sha256,
+        model_variant=variant,
         max_batch_size=options.number("max_batch_size", int, contract.DEFAULT_MAX_BATCH_SIZE, 1),
         max_delay_ms=options.number("max_delay_ms", float, contract.DEFAULT_MAX_DELAY_MS, 0.0),
         max_queue_size=options.number("max_queue_size", int, contract.DEFAULT_MAX_QUEUE_SIZE, 1),

@@ -1,8 +1,8 @@
 """Where a model comes from: a local directory, a mounted PVC, or a remote copy fetched first.
 
 Remote artifacts (`s3://`, `http(s)://`) are fetched file by file as their manifest lists
-them, the manifest last, into a cache directory; the loader then verifies every checksum
-exactly as for a local artifact.
+them (the full model's files, or one variant's), the manifest last, into a cache directory; the
+loader then verifies every checksum exactly as for a local artifact.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Final
 from urllib.parse import unquote, urlparse
 
 from maas_workloads import storage
-from maas_workloads.artifact import ArtifactError, parse_manifest
+from maas_workloads.artifact import ArtifactError, parse_manifest, selected_files
 from maas_workloads.contract import MANIFEST_FILE, PVC_MOUNT_ROOT
 
 SCHEMES: Final = ("file", "pvc", "s3", "http", "https")
@@ -36,8 +36,14 @@ def model_name_of(uri: str) -> str:
     return name or "model"
 
 
-def resolve(uri: str, cache_dir: pathlib.Path, pvc_root: pathlib.Path = pathlib.Path(PVC_MOUNT_ROOT)) -> pathlib.Path:
-    """The local artifact directory for a model URI, fetching remote artifacts into cache_dir."""
+def resolve(
+    uri: str,
+    cache_dir: pathlib.Path,
+    pvc_root: pathlib.Path = pathlib.Path(PVC_MOUNT_ROOT),
+    variant: str | None = None,
+) -> pathlib.Path:
+    """The local artifact directory for a model URI, fetching remote artifacts into cache_dir
+    (only `variant`'s files when one is named; raises ArtifactError when the artifact lacks it)."""
     if "://" not in uri:
         return _local(pathlib.Path(uri))
     parsed = urlparse(uri)
@@ -55,7 +61,7 @@ def resolve(uri: str, cache_dir: pathlib.Path, pvc_root: pathlib.Path = pathlib.
             location = storage.open_location(uri)
         except storage.StorageError as error:
             raise SourceError(str(error)) from error
-        return _fetch(uri, cache_dir, location.read_bytes, location.download_file)
+        return _fetch(uri, cache_dir, location.read_bytes, location.download_file, variant)
     if parsed.scheme in ("http", "https"):
         base = uri.rstrip("/")
         return _fetch(
@@ -63,6 +69,7 @@ def resolve(uri: str, cache_dir: pathlib.Path, pvc_root: pathlib.Path = pathlib.
             cache_dir,
             lambda key: _http_get(f"{base}/{key}"),
             lambda key, target: _http_download(f"{base}/{key}", target),
+            variant,
         )
     raise SourceError(f"model URI {uri!r} has unsupported scheme {parsed.scheme!r}; use one of {', '.join(SCHEMES)}")
 
@@ -78,6 +85,7 @@ def _fetch(
     cache_dir: pathlib.Path,
     read: Callable[[str], bytes],
     download: Callable[[str, pathlib.Path], None],
+    variant: str | None,
 ) -> pathlib.Path:
     destination = cache_dir / model_name_of(uri)
     if destination.exists():
@@ -89,7 +97,7 @@ def _fetch(
             manifest = parse_manifest(manifest_bytes)
         except ArtifactError as error:
             raise ArtifactError(f"{uri}/{MANIFEST_FILE}: {error}") from error
-        for relative in manifest.files:
+        for relative in selected_files(manifest, variant):
             download(relative, _inside(destination, relative))
     except storage.ObjectNotFoundError as error:
         raise SourceError(f"{uri} is not a complete artifact: {error}") from error

@@ -83,8 +83,11 @@ class ModelState:
         )
 
     def _load_blocking(self) -> LoadedModel:
-        directory = sources.resolve(self.settings.model_uri, self.settings.cache_dir)
-        return model_loader.load(directory, expected_sha256=self.settings.model_sha256, device=self.settings.device)
+        variant = self.settings.model_variant
+        directory = sources.resolve(self.settings.model_uri, self.settings.cache_dir, variant=variant)
+        return model_loader.load(
+            directory, expected_sha256=self.settings.model_sha256, device=self.settings.device, variant=variant
+        )
 
     async def close(self) -> None:
         if self.batcher is not None:

@@ -158,4 +158,5 @@ def train_loop(config: dict[str, Any]) -> None:
         metrics = _evaluate(model, validation, device, hp.batch_size, autocast)
     example = torch.as_tensor(np.array(train.features[:2]))
     final = {k: v for k, v in metrics.items() if k != "samples_per_second"}
-    sdk.save_model(model, example, labels=train.label_names, metrics=final, output_name="logits")
+    held_out = (validation.features, validation.labels) if validation is not None else None
+    sdk.save_model(model, example, labels=train.label_names, metrics=final, output_name="logits", validation=held_out)

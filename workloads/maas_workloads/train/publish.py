@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import platform
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from maas_workloads import artifact, contract, storage
 from maas_workloads.storage_s3 import S3Location
+from maas_workloads.variants.tensor import Validation, add_variants
 
 MODEL_FILE = "model.pt"
 ADAPTER_DIRECTORY = "adapter"
@@ -68,8 +70,19 @@ def export(
     labels: list[str] | None = None,
     input_name: str = "input",
     output_name: str = "output",
+    variants: Sequence[artifact.VariantName] = (),
+    validation: Validation | None = None,
+    max_accuracy_drop: float | None = None,
 ) -> tuple[artifact.TensorManifest, str]:
-    """Write model.pt (TorchScript), model.safetensors and manifest.json (last); returns it and its sha256."""
+    """Write model.pt (TorchScript), model.safetensors, the requested optimized variants (measured
+    on `validation`, see variants.tensor) and manifest.json (last); returns it and its sha256.
+
+    Raises ValueError when variants are requested without validation data to measure them on."""
+    if variants and validation is None:
+        raise ValueError(
+            "spec.output.variants needs validation data to measure them on: set "
+            "trainer.hyperparameters.validationSplit above 0, or pass validation= to save_model"
+        )
     module = unwrap(model).to("cpu").eval()
     example = example_input.detach().to("cpu")
     if example.dim() < 1 or example.shape[0] < 1:
@@ -106,8 +119,11 @@ def export(
         created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         labels=labels,
     )
+    if variants and validation is not None:
+        manifest = add_variants(directory, manifest, module, example, variants, validation, max_accuracy_drop)
     digest = artifact.write_manifest(directory, manifest)
-    artifact.verify(directory, digest)
+    for name in (None, *manifest.variants):
+        artifact.verify(directory, digest, name)
     return manifest, digest
 
 

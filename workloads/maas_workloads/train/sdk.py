@@ -180,18 +180,28 @@ def save_model(
     metrics: Mapping[str, Any] | None = None,
     input_name: str = "input",
     output_name: str = "output",
+    validation: tuple[Any, Any] | None = None,
 ) -> contract.ModelReport | None:
     """Publish the model as the job's artifact (TorchScript + safetensors + manifest) from rank 0.
 
     `example_input` is one batch the model accepts; its shape (batch dimension variable) and dtype
-    become the artifact's input spec. Returns the published artifact on rank 0, None elsewhere.
+    become the artifact's input spec. `validation` (features (N, F) float32, class indices (N,))
+    is what the variants in `spec.output.variants` are measured on; it is required when any are
+    requested. Returns the published artifact on rank 0, None elsewhere.
     """
+    import numpy as np
+
     from maas_workloads.train import publish
+    from maas_workloads.variants.tensor import Validation
 
     if _ray_train_rank() not in (None, 0):
         return None
     session = _session()
     context = session.context
+    output = context.spec.output
+    held_out = None
+    if validation is not None:
+        held_out = Validation(np.asarray(validation[0], dtype=np.float32), np.asarray(validation[1], dtype=np.int64))
     final_metrics = _numbers(metrics) if metrics is not None else dict(session.metrics)
     source = artifact.Source(namespace=context.namespace, name=context.name, uid=context.uid, attempt=context.attempt)
     with tempfile.TemporaryDirectory(prefix="maas-artifact-") as scratch:
@@ -205,6 +215,9 @@ def save_model(
             labels=labels,
             input_name=input_name,
             output_name=output_name,
+            variants=output.variants,
+            validation=held_out,
+            max_accuracy_drop=output.max_accuracy_drop,
         )
         publish.publish(directory, context.output_uri)
     log.info("published the model to %s (manifest sha256 %s)", context.output_uri, digest)

@@ -25,6 +25,7 @@ from maas_workloads.artifact import ArtifactError
 from maas_workloads.serve.llm.sampling import SamplingProcessors
 from maas_workloads.serve.llm.settings import LLMSettings
 from maas_workloads.serve.model import select_device
+from maas_workloads.variants.causal_lm import use_int8_kernels
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ class Engine:
                 f"{context_length}"
             )
         model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa")
+        if target.type == "cpu" and getattr(model.config, "quantization_config", None) is not None:
+            use_int8_kernels(model)  # an int8 variant: PyTorch's CPU kernel, not torchao's dequantize-per-call
         self.model = model.to(target).eval()
         self.cache = cache_shape(self.model.config, dtype, settings, self.max_model_len)
         self.generation_config = self.model.generation_config

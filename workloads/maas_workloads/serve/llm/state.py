@@ -102,13 +102,15 @@ class LLMState:
         )
 
     def _load_blocking(self) -> Engine:
-        directory = sources.resolve(self.settings.model_uri, self.settings.cache_dir)
-        manifest = verify(directory, self.settings.model_sha256)
+        variant = self.settings.model_variant
+        directory = sources.resolve(self.settings.model_uri, self.settings.cache_dir, variant=variant)
+        manifest = verify(directory, self.settings.model_sha256, variant)
         if isinstance(manifest, AdapterManifest):
             directory, manifest = self._merged(directory, manifest)
         if not isinstance(manifest, CausalLMManifest):
             raise ArtifactError(f"a {manifest.format} artifact is not a causal LM: the OpenAI server cannot serve it")
-        return Engine(directory, self.settings.llm, self.settings.device, manifest.context_length)
+        model_dir = directory / manifest.variant_directory(variant)
+        return Engine(model_dir, self.settings.llm, self.settings.device, manifest.context_length)
 
     def _merged(self, adapter_dir: pathlib.Path, adapter: AdapterManifest) -> tuple[pathlib.Path, CausalLMManifest]:
         """A LoRA adapter artifact: fetch and verify the base it names, serve the merged model."""
