@@ -3,7 +3,8 @@
 In the API server's order: defaults from the schema are applied first, then the OpenAPI value
 validations (type, pattern, bounds, required, maxItems/maxProperties/maxLength; unknown fields
 refused as `kubectl apply`'s strict field validation does), then every CEL rule
-(`x-kubernetes-validations`) with cel-python, transition rules only where an old value exists.
+(`x-kubernetes-validations`) with cel-python, transition rules only where an old value exists,
+on values typed as the API server types them (a `number` is a double).
 Kubernetes' CEL list library function `sum()` is provided; its other libraries are not used by our
 rules. Messages are `<path>: <message>`, the path including a rule's fieldPath.
 """
@@ -89,6 +90,26 @@ def _value_errors(schema: dict[str, Any], value: Any, path: str) -> list[tuple[s
     return found
 
 
+def as_schema_types(schema: dict[str, Any], value: Any) -> Any:
+    """`value` with every integer at a `type: number` node made a float: the API server hands CEL a
+    double there whatever the JSON said (apiserver's UnstructuredToVal), so `x >= 1.0` holds for 1."""
+    if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {
+            key: as_schema_types(properties[key], item)
+            if key in properties
+            else as_schema_types(extra, item)
+            if isinstance(extra, dict)
+            else item
+            for key, item in value.items()
+        }
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [as_schema_types(schema["items"], item) for item in value]
+    return value
+
+
 def cel_violations(schema: dict[str, Any], value: Any, old: Any = None, path: str = "") -> list[str]:
     """Messages of every CEL rule that fails; transition rules only when an old value exists."""
     found: list[str] = []
@@ -96,9 +117,9 @@ def cel_violations(schema: dict[str, Any], value: Any, old: Any = None, path: st
         uses_old = "oldSelf" in rule["rule"]
         if uses_old and old is None:
             continue
-        activation = {"self": celpy.json_to_cel(value)}
+        activation = {"self": celpy.json_to_cel(as_schema_types(schema, value))}
         if uses_old:
-            activation["oldSelf"] = celpy.json_to_cel(old)
+            activation["oldSelf"] = celpy.json_to_cel(as_schema_types(schema, old))
         program = _ENVIRONMENT.program(_ENVIRONMENT.compile(rule["rule"]), functions={"sum": _sum})
         result = program.evaluate(activation)
         if isinstance(result, celpy.CELEvalError) or not bool(result):

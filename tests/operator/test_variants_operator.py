@@ -18,6 +18,7 @@ from maas_workloads import contract
 from tests.operator.test_admission import refusals
 from tests.operator.test_api import changed
 from tests.operator.test_api import example_spec as trainingjob_spec
+from tests.operator.test_causallm_api import llm_example
 from tests.operator.test_modelservice_api import example_spec as modelservice_spec
 from tests.operator.test_trainingjob_status import HEAD, W0, plan, pod, running_status
 
@@ -61,6 +62,77 @@ def test_trainingjob_variants_are_accepted_by_both() -> None:
 )
 def test_bad_trainingjob_variants_are_refused_by_both(changes: dict[str, Any], message: str, field: str) -> None:
     assert_both_refuse("TrainingJob", changes, message, field)
+
+
+LORA = {
+    "trainer.causalLM.architecture": None,
+    "trainer.causalLM.baseModel": {"uri": "s3://models/base/llama"},
+    "trainer.causalLM.method": "lora",
+}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"output.variants": ["int8"], "output.maxAccuracyDrop": 1.05},
+        {"output.variants": ["int8"], "output.maxAccuracyDrop": 1},
+        {**LORA, "output.variants": ["int8"]},
+        {
+            "output.variants": ["int8"],
+            "trainer.dataset.streaming": True,
+            "trainer.dataset.validationUri": "file:///data/val.jsonl",
+            "trainer.hyperparameters.maxSteps": 10,
+        },
+    ],
+)
+def test_causal_lm_int8_variants_are_accepted_by_both(changes: dict[str, Any]) -> None:
+    assert refusals("TrainingJob", changed(llm_example(), changes)) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message", "field"),
+    [
+        (
+            {"output.variants": ["int8", "onnx"]},
+            "output.variants: causal LMs publish only a weight-only int8 variant (fp16, bf16 and onnx are for "
+            "tensor models): list int8 alone",
+            "spec.output.variants",
+        ),
+        ({"output.variants": ["bf16"]}, "causal LMs publish only a weight-only int8 variant", "spec.output.variants"),
+        (
+            {"output.variants": ["int8"], "output.maxAccuracyDrop": 0.5},
+            "output.maxAccuracyDrop: for causal LMs it is the largest ratio of a variant's validation perplexity "
+            "to the full model's, at least 1",
+            "spec.output.maxAccuracyDrop",
+        ),
+        (
+            {**LORA, "trainer.causalLM.mergeAdapter": False, "output.variants": ["int8"]},
+            "output.variants: with trainer.causalLM.mergeAdapter false only the adapter is published, and a "
+            "variant is of the merged model: set mergeAdapter true or remove output.variants",
+            "spec.output.variants",
+        ),
+        (
+            {"output.variants": ["int8"], "trainer.dataset.streaming": True, "trainer.hyperparameters.maxSteps": 10},
+            "causal LMs: or trainer.dataset.validationUri, which a streamed dataset needs",
+            "spec.output.variants",
+        ),
+        (
+            {"output.variants": ["int8"], "trainer.hyperparameters.validationSplit": 0},
+            "output.variants are measured on the validation split",
+            "spec.output.variants",
+        ),
+    ],
+)
+def test_bad_causal_lm_variants_are_refused_by_both(changes: dict[str, Any], message: str, field: str) -> None:
+    api_server, operator = refusals("TrainingJob", changed(llm_example(), changes))
+    assert any(p.startswith(f"{field}: ") and message in p for p in api_server.split("; ")), api_server
+    assert operator and message in operator, operator
+
+
+def test_a_classifier_max_accuracy_drop_below_one_point_is_accepted() -> None:
+    """Below 1 is a perplexity ratio no causal LM can meet, but a fine accuracy drop for a classifier."""
+    spec = changed(trainingjob_spec(), {"output.variants": ["int8"], "output.maxAccuracyDrop": 0.5})
+    assert refusals("TrainingJob", spec) == ("", "")
 
 
 def test_a_variant_listed_twice_is_refused() -> None:

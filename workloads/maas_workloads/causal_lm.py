@@ -56,10 +56,12 @@ def save_causal_lm(
     variants: Sequence[artifact.VariantName] = (),
     validation: Sequence[Sequence[int]] | None = None,
     max_perplexity_ratio: float | None = None,
+    validation_labels: Sequence[Sequence[int]] | None = None,
 ) -> tuple[artifact.CausalLMManifest, str]:
     """Write `model` (safetensors + config.json + generation_config.json) and `tokenizer` (with
     its chat template) into `directory`, the requested variants (causal LMs: `int8`, measured on
-    `validation` token id sequences, see variants.causal_lm), then manifest.json last.
+    `validation` token id sequences, scoring the tokens `validation_labels` keeps, see
+    variants.causal_lm.perplexity), then manifest.json last.
 
     Returns the manifest and its sha256 (what `status.model.sha256` pins). Raises ValueError
     when the tokenizer has no chat template (the OpenAI chat API needs one), or for variants other
@@ -80,7 +82,7 @@ def save_causal_lm(
     if variants and validation:
         from maas_workloads.variants.causal_lm import add_int8_variant
 
-        manifest = add_int8_variant(directory, manifest, validation, max_perplexity_ratio)
+        manifest = add_int8_variant(directory, manifest, validation, max_perplexity_ratio, validation_labels)
     digest = artifact.write_manifest(directory, manifest)
     for name in (None, *manifest.variants):
         artifact.verify(directory, digest, name)

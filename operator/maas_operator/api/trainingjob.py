@@ -19,6 +19,7 @@ from maas_operator.api.names import max_name_length, name_rules
 from maas_operator.api.pods import PodOptions, pod_rules
 from maas_operator.api.trainer import TrainerSpec
 from maas_operator.api.validation import DNS_LABEL_MAX_LENGTH, LABEL_VALUE, Rule
+from maas_operator.api.variants import OUTPUT_VARIANT_RULES
 from maas_workloads.artifact import VariantName
 
 KIND = "TrainingJob"
@@ -152,14 +153,6 @@ QLORA_NEEDS_GPU = Rule(
     ),
     field_path=".trainer.causalLM.method",
 )
-VARIANTS_NEED_VALIDATION = Rule(
-    "!has(self.output.variants) || size(self.output.variants) == 0 || !has(self.trainer) || "
-    "!has(self.trainer.hyperparameters) || !has(self.trainer.hyperparameters.validationSplit) || "
-    "self.trainer.hyperparameters.validationSplit > 0",
-    "output.variants are measured on the validation split: set trainer.hyperparameters.validationSplit above 0",
-    lambda spec: not spec.output.variants or spec.trainer is None or spec.trainer.hyperparameters.validation_split != 0,
-    field_path=".output.variants",
-)
 QUEUE_LABEL = Rule(
     " && ".join(
         f"!(has(self.{group}) && has(self.{group}.labels) && '{KUEUE_QUEUE_LABEL}' in self.{group}.labels)"
@@ -187,7 +180,7 @@ class TrainingJobSpec(ApiModel):
                 ),
                 QUEUE_LABEL.schema(),
                 QLORA_NEEDS_GPU.schema(),
-                VARIANTS_NEED_VALIDATION.schema(),
+                *(rule.schema() for rule in OUTPUT_VARIANT_RULES),
                 *(rule.schema() for rule in IMMUTABLE_RULES),
             ]
         }
@@ -221,7 +214,8 @@ class TrainingJobSpec(ApiModel):
             raise ValueError("args need a command")
         QUEUE_LABEL.enforce(self)
         QLORA_NEEDS_GPU.enforce(self)
-        VARIANTS_NEED_VALIDATION.enforce(self)
+        for rule in OUTPUT_VARIANT_RULES:
+            rule.enforce(self)
         return self
 
 

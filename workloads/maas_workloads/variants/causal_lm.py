@@ -26,6 +26,8 @@ from maas_workloads.variants import gate
 
 log = logging.getLogger(__name__)
 INT8_QUANTIZATION = "torchao Int8WeightOnlyConfig: int8 weights (one scale per output row), bfloat16 activations"
+IGNORE_INDEX = -100
+"""The label of a position that is not scored (PyTorch's cross_entropy default, Hugging Face's convention)."""
 WEIGHT_FILES = (".safetensors", "config.json", "model.safetensors.index.json")
 """What save_pretrained writes for the quantized model; every other file (tokenizer, chat
 template, generation config) is copied from the full model."""
@@ -38,8 +40,11 @@ class Int8PackLinear(nn.Module):
 
     def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        self.register_buffer("qdata", qdata.contiguous())
-        self.register_buffer("scale", scale.reshape(-1).to(torch.bfloat16).contiguous())
+        # Fresh copies: the kernel reads with aligned vector loads and crashes the process (SIGSEGV) on a
+        # weight that is not 64-byte aligned, as a tensor loaded from safetensors may be, depending on
+        # the sizes of the tensors stored before it. PyTorch's CPU allocator aligns to 64 bytes.
+        self.register_buffer("qdata", qdata.clone(memory_format=torch.contiguous_format))
+        self.register_buffer("scale", scale.reshape(-1).to(torch.bfloat16).clone(memory_format=torch.contiguous_format))
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.bfloat16), requires_grad=False)
 
     qdata: torch.Tensor
@@ -81,18 +86,25 @@ def load(directory: pathlib.Path, dtype: torch.dtype | None = None) -> Any:
     return model.eval()
 
 
-def perplexity(model: Any, sequences: Sequence[Sequence[int]]) -> float:
-    """exp(mean negative log-likelihood) of every next token of `sequences` (token ids, each >= 2 long)."""
+def perplexity(model: Any, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None) -> float:
+    """exp(mean negative log-likelihood) of the next tokens of `sequences` (token ids, each >= 2 long).
+
+    `labels` (one per sequence, the same length) scores only the positions whose label is not
+    IGNORE_INDEX, as the trainer's validation loss does (e.g. a chat's assistant turns); without
+    them every next token counts. Raises ValueError when nothing is scored."""
     total, count = 0.0, 0
     with torch.inference_mode():
-        for sequence in sequences:
+        for index, sequence in enumerate(sequences):
             ids = torch.tensor([list(sequence)])
+            targets = ids if labels is None else torch.tensor([list(labels[index])])
             logits = model(input_ids=ids).logits.float()
-            nll = nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum")
+            nll = nn.functional.cross_entropy(
+                logits[0, :-1], targets[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum"
+            )
             total += float(nll)
-            count += ids.shape[1] - 1
+            count += int((targets[0, 1:] != IGNORE_INDEX).sum())
     if count == 0:
-        raise ValueError("perplexity needs at least one sequence of two tokens or more")
+        raise ValueError("perplexity needs at least one sequence of two tokens or more, with a scored next token")
     return math.exp(total / count)
 
 
@@ -101,9 +113,11 @@ def add_int8_variant(
     manifest: artifact.CausalLMManifest,
     validation: Sequence[Sequence[int]],
     max_perplexity_ratio: float | None,
+    validation_labels: Sequence[Sequence[int]] | None = None,
 ) -> artifact.CausalLMManifest:
     """Quantize the full model in `directory` to `variants/int8/`, measure both on `validation`
-    (token id sequences) and judge the int8 variant against `max_perplexity_ratio`.
+    (token id sequences; `validation_labels` picks the scored tokens, see `perplexity`) and judge
+    the int8 variant against `max_perplexity_ratio`.
 
     Returns the manifest with the variant (or its rejection) and the full model's `val_perplexity`
     added, not yet written. A rejected variant's files are removed.
@@ -112,7 +126,7 @@ def add_int8_variant(
     from transformers import AutoModelForCausalLM, TorchAoConfig
 
     folder = directory / artifact.VARIANTS_DIR / "int8"
-    full_perplexity = perplexity(load(directory, torch.float32), validation)
+    full_perplexity = perplexity(load(directory, torch.float32), validation, validation_labels)
     try:
         quantized = AutoModelForCausalLM.from_pretrained(
             directory, dtype=torch.bfloat16, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())
@@ -121,7 +135,7 @@ def add_int8_variant(
         for path in directory.iterdir():
             if path.is_file() and not path.name.endswith(WEIGHT_FILES) and path.name != "manifest.json":
                 shutil.copy2(path, folder / path.name)
-        measured = {"val_perplexity": perplexity(load(folder), validation)}
+        measured = {"val_perplexity": perplexity(load(folder), validation, validation_labels)}
     except Exception as error:  # the full model is still published
         log.warning("variant int8 could not be made: %s", error)
         outcome = gate.failed("int8", error)

@@ -5,8 +5,10 @@ What the output URI holds is always what a ModelService serves (`status.model.ur
 - lora / qlora: the base model with the adapter merged in, and in `adapter/` below it the adapter
   alone (its own manifest names the base model by URI and manifest sha256; reported as
   `status.model.adapter`); with `mergeAdapter: false`, the adapter itself.
-The merged model's manifest lists only its own files. Everything appears at once: the directory
-is published with the top manifest last.
+The merged model's manifest lists only its own files. The `output.variants` (weight-only int8)
+are of the model served: from scratch, the model; with LoRA, the merged one (a job publishing the
+adapter alone has none: the API refuses it). Everything appears at once: the directory is
+published with the top manifest last.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,16 +29,37 @@ from maas_workloads.causal_lm import save_causal_lm, save_lora_adapter
 from maas_workloads.train import publish, sdk
 from maas_workloads.train.llm import modeling
 from maas_workloads.train.llm.base import BaseModel
-from maas_workloads.train.llm.encoding import pad_token_id
+from maas_workloads.train.llm.encoding import TokenBlocks, pad_token_id
 from maas_workloads.train.llm.tokenizer import stop_token_ids
 from maas_workloads.train.publish import ADAPTER_DIRECTORY
 
 
+@dataclass(frozen=True)
+class VariantRequest:
+    """The job's `output.variants` of the published causal LM, and what they are measured and judged on."""
+
+    names: Sequence[artifact.VariantName]
+    validation: TokenBlocks | None
+    """The validation blocks; perplexity scores the tokens the trainer's validation loss does."""
+    max_perplexity_ratio: float | None
+    """`output.maxAccuracyDrop`: for causal LMs, a ratio of perplexities (variants.gate)."""
+
+
 def write_causal_lm(
-    directory: pathlib.Path, model: Any, tokenizer: Any, *, source: artifact.Source, metrics: dict[str, float]
+    directory: pathlib.Path,
+    model: Any,
+    tokenizer: Any,
+    *,
+    source: artifact.Source,
+    metrics: dict[str, float],
+    variants: VariantRequest | None = None,
 ) -> str:
     """The model and tokenizer as a Hugging Face directory plus manifest (causal_lm.save_causal_lm, the
-    format the server loads), generation stopping where training taught the model to; its sha256."""
+    format the server loads), generation stopping where training taught the model to, with the
+    requested `variants` of it; its sha256.
+
+    Raises ValueError when variants are requested without validation blocks to measure them on
+    (prepare.prepare refuses such a job before training)."""
     generation = model.generation_config
     known = generation.eos_token_id
     known = [] if known is None else [known] if isinstance(known, int) else list(known)
@@ -42,7 +67,23 @@ def write_causal_lm(
     generation.eos_token_id = list(dict.fromkeys([*known, *stop_token_ids(tokenizer)]))
     if generation.pad_token_id is None:
         generation.pad_token_id = pad_token_id(tokenizer)
-    _, digest = save_causal_lm(model, tokenizer, directory, source=source, metrics=metrics)
+    sequences: list[list[int]] | None = None
+    labels: list[list[int]] | None = None
+    if variants is not None and variants.names and variants.validation is not None:
+        blocks = variants.validation
+        sequences = [row[:length].tolist() for row, length in zip(blocks.input_ids, blocks.lengths, strict=True)]
+        labels = [row[:length].tolist() for row, length in zip(blocks.labels, blocks.lengths, strict=True)]
+    _, digest = save_causal_lm(
+        model,
+        tokenizer,
+        directory,
+        source=source,
+        metrics=metrics,
+        variants=variants.names if variants is not None else (),
+        validation=sequences,
+        max_perplexity_ratio=variants.max_perplexity_ratio if variants is not None else None,
+        validation_labels=labels,
+    )
     artifact.verify(directory, digest)
     return digest
 
@@ -81,9 +122,11 @@ def publish_from_worker(
     weights: dict[str, Any],
     metrics: dict[str, float],
     base: BaseModel | None,
+    validation: TokenBlocks | None,
 ) -> None:
     """Rank 0, after training: write the artifact(s) for the gathered `weights` and publish them at
-    the job's output URI. `files` holds the tokenizer (and, from scratch, config.json)."""
+    the job's output URI. `files` holds the tokenizer (and, from scratch, config.json); the
+    `output.variants` are of the model served (with LoRA, the merged one), measured on `validation`."""
     from transformers import AutoConfig, AutoTokenizer
 
     lm = spec.causal_lm
@@ -91,13 +134,16 @@ def publish_from_worker(
     context = sdk.job_context()
     source = artifact.Source(namespace=context.namespace, name=context.name, uid=context.uid, attempt=context.attempt)
     tokenizer = AutoTokenizer.from_pretrained(files)
+    output = context.spec.output
+    variants = VariantRequest(output.variants, validation, output.max_accuracy_drop)
     with tempfile.TemporaryDirectory(prefix="maas-artifact-") as scratch_name:
         scratch = pathlib.Path(scratch_name)
         root = scratch / "artifact"
         if lm.method == "full":
             config = AutoConfig.from_pretrained(base.directory if base else files)
             model = _with_weights(config, weights)
-            write_causal_lm(root, model.to(config.dtype or torch.float32), tokenizer, source=source, metrics=metrics)
+            model = model.to(config.dtype or torch.float32)
+            write_causal_lm(root, model, tokenizer, source=source, metrics=metrics, variants=variants)
         else:
             assert base is not None
             adapted = _adapted(spec, base, weights)
@@ -120,7 +166,7 @@ def publish_from_worker(
                 adapted.save_pretrained(adapter, save_embedding_layers=False)
             if lm.merge_adapter:
                 merged = adapted.merge_and_unload()
-                write_causal_lm(root, merged.to(dtype), tokenizer, source=source, metrics=metrics)
+                write_causal_lm(root, merged.to(dtype), tokenizer, source=source, metrics=metrics, variants=variants)
                 shutil.copytree(adapter, root / ADAPTER_DIRECTORY)
             else:
                 root = adapter

@@ -297,7 +297,7 @@ class _Run:
         final = {k: v for k, v in self.metrics.items() if k in ("loss", "val_loss", "val_perplexity")}
         weights = state.full_state(self.model, adapter_only=self.adapter_only)
         if self.rank == 0:
-            export.publish_from_worker(self.spec, self.files, weights, final, self.base)
+            export.publish_from_worker(self.spec, self.files, weights, final, self.base, self.validation)
         if dist.is_initialized():
             dist.barrier()
 

@@ -145,6 +145,11 @@ def prepare(context: JobContext, scratch: pathlib.Path | None = None) -> Prepare
     validation = _encode(encoder, held_out, spec, VALIDATION_FIELD if validation_source else DATASET_FIELD)
     if not streaming:
         _check_size(train, spec, context.workers)
+    if context.spec.output.variants and not len(validation):
+        fix = f"add records to {VALIDATION_FIELD}" if validation_source else "raise hyperparameters.validationSplit"
+        raise ConfigurationError(
+            f"spec.output.variants: the validation data makes no sequences to measure perplexity on: {fix}"
+        )
     files = {path.name: path.read_bytes() for path in files_dir.iterdir() if path.is_file()}
     log.info(
         "%s: %s sequences of %d tokens to train on, %d to validate on; a tokenizer of %d tokens",
