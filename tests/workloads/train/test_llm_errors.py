@@ -173,3 +173,27 @@ def test_more_bad_specs_are_configuration_errors_naming_the_field(
     with pytest.raises(ConfigurationError) as refused:
         prepare(context, tmp_path / "scratch")
     assert message in str(refused.value)
+
+
+def test_variants_without_validation_sequences_are_a_configuration_error(
+    base_models: dict[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    """output.variants with a validation split too small to hold out a record: refused before training,
+    not after it when the variant cannot be measured."""
+    from maas_operator.api.trainingjob import TrainingJobSpec
+    from maas_workloads.train.config import JobContext
+    from maas_workloads.train.errors import ConfigurationError
+    from maas_workloads.train.llm.prepare import prepare
+
+    lora = {"baseModel": {"uri": base_models["complete"].as_uri()}, "method": "lora", "sequenceLength": 32}
+    data = {"uri": chat_data(tmp_path).as_uri(), "format": "chat"}
+    trainer = {"causalLM": lora, "dataset": data, "hyperparameters": {"batchSize": 1, "validationSplit": 0.01}}
+    output = {"uri": "file:///unused", "variants": ["int8"]}
+    job = TrainingJobSpec.model_validate(spec(trainer=trainer, output=output))
+    context = JobContext(job, "test", "default", "uid", 1, "127.0.0.1", 0, 2, 2, None, "file:///unused", 0)
+    with pytest.raises(ConfigurationError) as refused:
+        prepare(context, tmp_path / "scratch")
+    assert str(refused.value) == (
+        "spec.output.variants: the validation data makes no sequences to measure perplexity on: "
+        "raise spec.trainer.hyperparameters.validationSplit"
+    )

@@ -146,7 +146,8 @@ def prepare(context: JobContext, scratch: pathlib.Path | None = None) -> Prepare
     if not streaming:
         _check_size(train, spec, context.workers)
     if context.spec.output.variants and not len(validation):
-        fix = f"add records to {VALIDATION_FIELD}" if validation_source else "raise hyperparameters.validationSplit"
+        split = "spec.trainer.hyperparameters.validationSplit"
+        fix = f"add records to {VALIDATION_FIELD}" if validation_source else f"raise {split}"
         raise ConfigurationError(
             f"spec.output.variants: the validation data makes no sequences to measure perplexity on: {fix}"
         )
