@@ -310,9 +310,11 @@ def test_the_merged_model_is_published_with_its_int8_variant_and_the_status_says
     int8 = lm_variant.perplexity(lm_variant.load(merged_dir / variant.directory), sequences, labels)
     assert manifest.metrics["val_perplexity"] == pytest.approx(full, rel=1e-6)
     assert variant.metrics["val_perplexity"] == pytest.approx(int8, rel=1e-6)
-    assert variant.metrics["val_perplexity_ratio"] == pytest.approx(int8 / full, rel=1e-5) <= MAX_PERPLEXITY_RATIO
-    # The same tokens as the trainer's validation loss, on the merged weights instead of the adapted ones.
-    assert full == pytest.approx(math.exp(model["metrics"]["val_loss"]), rel=1e-3)
+    assert variant.metrics["val_perplexity_ratio"] == pytest.approx(int8 / full, rel=1e-5)
+    assert variant.metrics["val_perplexity_ratio"] <= MAX_PERPLEXITY_RATIO
+    # The same tokens as the trainer's validation loss, on the merged weights instead of the adapted ones
+    # (they agreed to 4e-8 relative in a run).
+    assert full == pytest.approx(math.exp(model["metrics"]["val_loss"]), rel=1e-4)
     reported = {"name": "int8", "published": True, "message": variant.summary, "metrics": variant.metrics}
     assert model["variants"] == [reported]
     head = pod(HEAD, "Succeeded", exit_code=0, message=(two.workdir / "head.termination-log").read_text())
