@@ -289,8 +289,9 @@ class ModelStatus(ApiModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     adapter: ArtifactReference | None = None
     """A LoRA fine-tune's adapter alone, when the model at uri is the base with the adapter merged in."""
-    variants: list[VariantStatus] = Field(default_factory=list)
-    """What became of each requested variant; a ModelService serves a published one by name."""
+    variants: list[VariantStatus] | None = None
+    """What became of each requested variant; a ModelService serves a published one by name. Absent
+    when the job asked for none (omitted, as Kubernetes omits empty optional lists)."""
 
 
 MAX_FAILURES_KEPT = 10

@@ -174,10 +174,10 @@ class OutcomePlanner(StatusPlanner[TrainingJobStatus]):
                 adapter=ArtifactReference(uri=str(adapter["uri"]), sha256=str(adapter["sha256"]))
                 if adapter and adapter.get("uri") and adapter.get("sha256")
                 else None,
-                variants=variant_statuses(report.get("variants")),
+                variants=variant_statuses(report.get("variants")) or None,
             )
             message = f"attempt {head.attempt} finished; model published at {model.uri}"
-            refused = [v for v in model.variants if not v.published]
+            refused = [v for v in model.variants or [] if not v.published]
             if refused:
                 self.event(
                     "VariantsNotPublished",
