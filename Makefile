@@ -60,6 +60,7 @@ bench: install
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/llm_train.py
 	$(BIN)/python benchmarks/llm_serve.py
+	$(BIN)/python benchmarks/variants.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
