@@ -39,8 +39,8 @@ spec:
 """
 
 
-def maas_run(tmp_path: pathlib.Path, text: str) -> subprocess.CompletedProcess[str]:
-    """`maas run -f <text>` with its work directory under `tmp_path`."""
+def maas_run(tmp_path: pathlib.Path, text: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`maas run -f <text>` with its work directory under `tmp_path`; `timeout` in seconds."""
     manifest = tmp_path / "job.yaml"
     manifest.write_text(text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "workloads")])}
@@ -54,4 +54,4 @@ def maas_run(tmp_path: pathlib.Path, text: str) -> subprocess.CompletedProcess[s
         "--workdir",
         str(tmp_path / "run"),
     ]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)

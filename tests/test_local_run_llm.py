@@ -4,17 +4,15 @@ question through the OpenAI API, with the lines to ask more."""
 
 from __future__ import annotations
 
-import os
 import pathlib
 import shlex
-import subprocess
-import sys
 
 import pytest
 
+from tests.local_run import maas_run
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 FILES = """
 apiVersion: v1
 kind: Secret
@@ -44,20 +42,7 @@ spec:
 
 
 def test_train_a_language_model_then_ask_it_through_the_openai_api(tmp_path: pathlib.Path) -> None:
-    manifest = tmp_path / "llm.yaml"
-    manifest.write_text(FILES)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "workloads")])}
-    command = [
-        sys.executable,
-        "-m",
-        "maas_operator.cli",
-        "run",
-        "-f",
-        str(manifest),
-        "--workdir",
-        str(tmp_path / "run"),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=580, check=False)
+    result = maas_run(tmp_path, FILES, timeout=580)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "step 12/12" in out and "val_perplexity=" in out and "tokens_per_second=" in out  # plain lines: no TTY
