@@ -275,6 +275,26 @@ def test_each_architecture_builds_and_shards_by_decoder_layer(tokenizer: Any, mo
     assert model(input_ids=batch, labels=batch).loss.isfinite()
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_fsdp_shards_untied_embeddings_and_head_as_units_of_their_own(tokenizer: Any, tied: bool) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from maas_operator.api.causallm import ArchitectureSpec
+    from maas_workloads.train.llm.modeling import decoder_layers, scratch_config, shard_units
+
+    config = scratch_config(ArchitectureSpec(model_type="llama", size="tiny"), tokenizer)  # type: ignore[arg-type]
+    config.tie_word_embeddings = tied
+    model = AutoModelForCausalLM.from_config(config)
+    units = shard_units(model)
+    layers = [(layer, True) for layer in decoder_layers(model)]
+    if tied:
+        # One parameter used in two places stays with the root, which covers both uses.
+        assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+        assert units == layers
+    else:
+        assert units == [(model.get_input_embeddings(), True), *layers, (model.get_output_embeddings(), False)]
+
+
 # --- Base models from storage -------------------------------------------------------------------
 
 
