@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, MutableMapping
 from typing import Any, Final
 
 from maas_workloads.serve.http.auth import BearerAuth
@@ -67,6 +67,27 @@ async def read_body(receive: Receive) -> bytes:
         message = await receive()
         chunks.append(message.get("body", b""))
     return b"".join(chunks)
+
+
+async def model_lifespan(
+    receive: Receive, send: Send, load: Callable[[], Coroutine[Any, Any, None]], close: Callable[[], Awaitable[None]]
+) -> None:
+    """The ASGI lifespan of a model server: `load` runs in the background from startup, so the
+    port answers liveness (and a 503 readiness) while the model loads; shutdown cancels a load
+    still running, then awaits `close` (after the server drained its requests)."""
+    loading: asyncio.Task[None] | None = None
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            loading = asyncio.get_running_loop().create_task(load(), name="load-model")
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if loading is not None:
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
+            await close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 class _RefusedError(Exception):
