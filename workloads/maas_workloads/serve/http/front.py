@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, MutableM
 from typing import Any, Final
 
 from maas_workloads.serve.http.auth import BearerAuth
+from maas_workloads.serve.http.connections import Connections
 from maas_workloads.serve.http.logs import AccessLog
-from maas_workloads.serve.http.protocol import Connections
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -38,9 +38,10 @@ import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from maas_workloads.serve.http.connections import Connections, ErrorBody
 from maas_workloads.serve.http.front import ASGIApp, Front
 from maas_workloads.serve.http.logs import AccessLog
-from maas_workloads.serve.http.protocol import Connections, ErrorBody, GuardedProtocol
+from maas_workloads.serve.http.protocol import GuardedProtocol
 from maas_workloads.serve.http.settings import HttpSettings, SettingsError
 from maas_workloads.serve.http.tls import certificate_store
 
