@@ -73,15 +73,34 @@ class Connections(ServerState):
         """Per phase that may give way at the cap, its connections in the order they entered it."""
         self.all_closed = asyncio.Event()
         """Set once the server drains and its last connection has closed."""
+        self.buffered_bytes = 0
+        """Bytes reserved for request bodies being read or served (`reserve`, `release`)."""
         registry = registry if registry is not None else CollectorRegistry()
         gauge = Gauge("maas_http_connections", "Open HTTP connections.", registry=registry)
         gauge.set_function(lambda: len(self.connections))
+        buffered = Gauge(
+            "maas_http_buffered_request_bytes",
+            "Bytes reserved for request bodies held in memory, all connections together.",
+            registry=registry,
+        )
+        buffered.set_function(lambda: self.buffered_bytes)
         self.rejected = Counter(
             "maas_http_rejected",
             "Requests or connections refused before the application saw them, by reason.",
             ["reason"],
             registry=registry,
         )
+
+    def reserve(self, size: int) -> bool:
+        """Reserve `size` bytes of the request-body budget (`max_buffered_bytes`); False when they do not fit."""
+        if self.buffered_bytes + size > self.settings.max_buffered_bytes:
+            return False
+        self.buffered_bytes += size
+        return True
+
+    def release(self, size: int) -> None:
+        """Give back what `reserve` granted, once the request's body is no longer held."""
+        self.buffered_bytes -= size
 
     def begin_drain(self) -> None:
         """From now on idle connections close after DRAIN_IDLE_SECONDS; see `front.Front` for responses."""
