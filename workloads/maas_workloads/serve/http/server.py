@@ -68,7 +68,7 @@ class Service:
     error_body: ErrorBody = oip_error_body
     """The body of the layer's own error responses (401, 408, 413, 431, ...), in the app's shape."""
     registry: CollectorRegistry | None = None
-    """Where `maas_http_connections` and `maas_http_rejected_total` go (the app's /metrics registry)."""
+    """Where the layer's metrics (`maas_http_*`) go (the app's /metrics registry)."""
 
 
 class DrainingServer(uvicorn.Server):
