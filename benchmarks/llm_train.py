@@ -43,7 +43,7 @@ import psutil
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "workloads")]
 
-from tests.workloads.train.cluster import LocalJob, spec  # noqa: E402
+from tests.workloads.train.cluster import LocalJob, spec, torchrun  # noqa: E402
 
 WORKERS = 2
 WARMUP_STEPS = 5
@@ -181,19 +181,8 @@ def run_torchrun(workdir: pathlib.Path, job: dict[str, Any], steps: int) -> dict
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = workdir / "peer-spec.json", workdir / "peer.json"
     spec_path.write_text(json.dumps(job))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={WORKERS}",
-        str(REPO / "benchmarks" / "torchrun_llm_peer.py"),
-        str(result_path),
-        str(spec_path),
-        str(steps),
-    ]
-    started = time.time()
-    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    arguments = [str(result_path), str(spec_path), str(steps)]
+    started = torchrun(REPO / "benchmarks" / "torchrun_llm_peer.py", arguments, WORKERS)
     result = json.loads(result_path.read_text())
     starts, tokens, cpu = result["stepStarts"], result["tokens"], result["cpuSeconds"]
     rates = [tokens[i] / (starts[i + 1] - starts[i]) for i in range(WARMUP_STEPS, len(tokens))]

@@ -21,7 +21,6 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "workloads")]
 
-from tests.workloads.train.cluster import LocalJob, spec  # noqa: E402
+from tests.workloads.train.cluster import LocalJob, spec, torchrun  # noqa: E402
 
 WORKERS = 2
 
@@ -72,21 +71,8 @@ def run_ours(workdir: pathlib.Path, uri: str, epochs: int, batch_size: int, hidd
 
 def run_torchrun(workdir: pathlib.Path, uri: str, epochs: int, batch_size: int, hidden: int) -> dict[str, Any]:
     result = workdir / "torchrun.json"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={WORKERS}",
-        str(REPO / "benchmarks" / "torchrun_peer.py"),
-        str(result),
-        uri,
-        str(epochs),
-        str(batch_size),
-        str(hidden),
-    ]
-    started = time.time()
-    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    arguments = [str(result), uri, str(epochs), str(batch_size), str(hidden)]
+    started = torchrun(REPO / "benchmarks" / "torchrun_peer.py", arguments, WORKERS)
     timings = json.loads(result.read_text())
     return {
         "samplesPerSecond": timings["samplesPerSecond"],

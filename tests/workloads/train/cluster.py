@@ -45,6 +45,24 @@ def spec(**overrides: Any) -> dict[str, Any]:
     return base
 
 
+def torchrun(script: pathlib.Path, arguments: list[str], workers: int) -> float:
+    """Run `script` under `torchrun --standalone --nproc_per_node workers`, one torch thread per rank as
+    our workers have, until it exits (CalledProcessError when it fails); returns when it started
+    (time.time()), the peers' start for their time to the first step."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={workers}",
+        str(script),
+        *arguments,
+    ]
+    started = time.time()
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return started
+
+
 class LocalJob:
     """One attempt of a TrainingJob: a head process and worker processes started with the pods' env."""
 
