@@ -283,14 +283,27 @@ class ApiServer(kmock.KubernetesEmulator, _BuiltInReactions):  # type: ignore[mi
 
     async def _update(self, request: Any, kind: str, key: tuple[str, str | None, str]) -> Any:
         """A merge patch: admitted as merged, owned by its manager for exactly what it changes."""
-        before = self._live(request)
         patch = request.data if isinstance(request.data, dict) else {}
-        after = ssa.merge(before, patch) if before is not None else None
-        if before is not None and after is not None:
-            self._admit(kind, after, creating=False)
-            if after.get("spec") != before.get("spec") and "generation" not in (patch.get("metadata") or {}):
-                patch.setdefault("metadata", {})["generation"] = int(before["metadata"].get("generation") or 1) + 1
-        response = await super()._handle(request)
+        finishing = False
+        async with self._lock:  # read, merge and store as one step: no concurrent write is lost
+            before = self._live(request)
+            if before is None:
+                after = None
+            else:
+                after = ssa.merge(before, patch)
+                self._admit(kind, after, creating=False)
+                if after.get("spec") != before.get("spec") and "generation" not in (patch.get("metadata") or {}):
+                    generation = int(before["metadata"].get("generation") or 1) + 1
+                    patch.setdefault("metadata", {})["generation"] = generation
+                    after["metadata"] = {**after["metadata"], "generation": generation}
+                finishing = bool((after.get("metadata") or {}).get("deletionTimestamp"))
+                if not finishing:  # stored as merged here: KMock's own merge copies the whole object
+                    await self._store(request, after, new=False)
+        if before is None or after is None or finishing:
+            # KMock answers 404, or merges the patch itself and removes the object once no finalizer is left.
+            response = await super()._handle(request)
+        else:
+            response = await super(kmock.KubernetesEmulator, self)._handle(request)
         if before is not None and after is not None and response.status == 200:
             manager = request.params.get("fieldManager") or "unknown"
             ssa.record_update(self.ownership.setdefault(key, {}), manager, before, after)
