@@ -204,7 +204,8 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) -> 
 
 
 def raw_rate(model_dir: pathlib.Path, concurrency: int, tokens: int, threads: int) -> float:
-    """Output tokens/s of transformers' generate_batch in-process, same cache bounds: the limit."""
+    """Output tokens/s of transformers' generate_batch in-process, same cache bounds, `concurrency`
+    sequences at a time (2 x `concurrency` requests queued): the limit for that many clients."""
     script = f"""
 import time, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
@@ -212,7 +213,10 @@ tok = AutoTokenizer.from_pretrained({str(model_dir)!r})
 model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, dtype=torch.float32, attn_implementation="sdpa")
 text = tok.apply_chat_template({PROMPT!r}, add_generation_prompt=True, tokenize=False)
 prompt = tok.encode(text, add_special_tokens=False)
-config = ContinuousBatchingConfig(page_size={BLOCK_SIZE}, num_blocks={NUM_BLOCKS}, max_batch_tokens={MAX_BATCH_TOKENS})
+config = ContinuousBatchingConfig(
+    page_size={BLOCK_SIZE}, num_blocks={NUM_BLOCKS}, max_batch_tokens={MAX_BATCH_TOKENS},
+    max_requests_per_batch={concurrency},  # {concurrency} sequences at a time, as {concurrency} closed-loop clients
+)
 gen = GenerationConfig(do_sample=False, max_new_tokens={tokens}, eos_token_id=-1, pad_token_id=0)
 model.generate_batch([prompt] * {concurrency}, generation_config=gen, continuous_batching_config=config)
 started = time.perf_counter()

@@ -217,6 +217,16 @@ def serving() -> dashboard.Dashboard:
             )
         )
         .with_panel(
+            graph(
+                "Request bodies held in memory (budget: --max-buffered-request-bytes)",
+                "bytes",
+                query(
+                    f"max by (modelservice) (maas_http_buffered_request_bytes{{{svc}}})",
+                    "{{modelservice}} busiest pod",
+                ),
+            )
+        )
+        .with_panel(
             single(
                 "Rejected (429) share",
                 "percentunit",

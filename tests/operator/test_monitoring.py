@@ -28,7 +28,7 @@ from maas_operator.builders import modelservice as build_service
 from maas_operator.builders import trainingjob as build_job
 from maas_operator.builders.meta import Owner
 from maas_workloads import contract
-from maas_workloads.serve.http.protocol import Connections
+from maas_workloads.serve.http.connections import Connections
 from maas_workloads.serve.http.settings import HTTP_FLAGS, TlsSettings, http_settings, parse_options
 from maas_workloads.serve.http.tls import CertificateStore
 from maas_workloads.serve.metrics import Metrics as ServingMetrics

@@ -140,6 +140,7 @@ ENV_MAX_DELAY_MS: Final = "MAAS_MAX_DELAY_MS"
 ENV_MAX_QUEUE_SIZE: Final = "MAAS_MAX_QUEUE_SIZE"
 ENV_TIMEOUT_SECONDS: Final = "MAAS_TIMEOUT_SECONDS"
 ENV_MAX_REQUEST_BYTES: Final = "MAAS_MAX_REQUEST_BYTES"
+ENV_MAX_BUFFERED_REQUEST_BYTES: Final = "MAAS_MAX_BUFFERED_REQUEST_BYTES"
 ENV_AUTH_TOKEN: Final = "MAAS_AUTH_TOKEN"
 ENV_DRAIN_SECONDS: Final = "MAAS_DRAIN_SECONDS"
 
@@ -191,6 +192,9 @@ DEFAULT_MAX_QUEUE_SIZE: Final = 256
 """Requests (not rows) waiting for the model; beyond it the server answers 429 at once."""
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
+BUFFERED_REQUESTS_PER_BUDGET: Final = 4
+"""The default budget for request bodies held in memory at once, across all connections: this many
+bodies of the largest size (256 MiB by default)."""
 DEFAULT_DRAIN_SECONDS: Final = 30.0
 """Upper bound on the whole drain; terminationGracePeriodSeconds should exceed it."""
 DEFAULT_DRAIN_DELAY_SECONDS: Final = 2.0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from maas_operator.builders.meta import Owner
 from maas_workloads import contract
 from maas_workloads.artifact import sha256_file
 from tests.workloads.llm import artifacts
-from tests.workloads.serve.conftest import ROOT, Server, free_port
+from tests.workloads.serve.conftest import ROOT, Server, ServerProcess, free_port
 
 TOKEN = "llm-test-token"
 MODEL = "tiny-llama"
@@ -80,8 +79,10 @@ def run_fetch(pod: dict[str, Any], cache: pathlib.Path) -> None:
     subprocess.run(init["command"], env=environment, check=True, timeout=300)
 
 
-class VllmServer:
+class VllmServer(ServerProcess):
     """vLLM's OpenAI server from the operator's rendered container, on a free local port."""
+
+    stop_timeout = 120.0
 
     def __init__(self, pod: dict[str, Any], cache: pathlib.Path, log_path: pathlib.Path) -> None:
         container = pod["containers"][0]
@@ -91,19 +92,15 @@ class VllmServer:
         args[args.index("--port") + 1] = str(self.port)
         args[args.index("--host") + 1] = "127.0.0.1"
         command = [os.environ["MAAS_VLLM_PYTHON"], *container["command"][1:], *args]
-        self.log_path = log_path
-        self._log = log_path.open("wb")
         environment = {**os.environ, **local_env(container, cache), "HOME": str(cache.parent)}
         environment.pop("PYTHONPATH", None)  # vLLM runs in its own venv
-        self.process = subprocess.Popen(command, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+        super().__init__(command, environment, log_path)
 
     def wait_ready(self, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(
-                    f"vLLM exited with {self.process.returncode}:\n{self.log_path.read_text()[-5000:]}"
-                )
+                raise AssertionError(f"vLLM exited with {self.process.returncode}:\n{self.log()[-5000:]}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
@@ -111,17 +108,6 @@ class VllmServer:
                 pass
             time.sleep(1)
         raise AssertionError(f"vLLM not ready after {timeout} s")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture(scope="session")

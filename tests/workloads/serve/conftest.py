@@ -33,7 +33,33 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class Server:
+class ServerProcess:
+    """A server started as a subprocess, its output in `log_path`; `stop` sends SIGTERM (the drain
+    under test) and kills it only after `stop_timeout` seconds."""
+
+    stop_timeout = 60.0
+
+    def __init__(self, command: list[str], environment: dict[str, str], log_path: pathlib.Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(command, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+class Server(ServerProcess):
     """`python -m maas_workloads.serve` on a free port, its log in a file.
 
     `ca_file`: the server speaks HTTPS (its env names the certificate) with a certificate this CA signed.
@@ -50,7 +76,6 @@ class Server:
         self.port = free_port()
         self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
         self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-        self.log_path = log_path
         environment = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "workloads"), os.environ.get("PYTHONPATH", "")]),
@@ -61,16 +86,7 @@ class Server:
             "MAAS_MODEL_URI": model,
             **(env or {}),
         }
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "maas_workloads.serve", *args],
-            env=environment,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text()
+        super().__init__([sys.executable, "-m", "maas_workloads.serve", *args], environment, log_path)
 
     def wait_live(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -93,17 +109,6 @@ class Server:
                 return
             time.sleep(0.1)
         raise AssertionError(f"server not ready after {timeout} s:\n{self.log()}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture(scope="session")

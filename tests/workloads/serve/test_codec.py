@@ -10,6 +10,7 @@ import orjson
 import pytest
 import torch
 
+from maas_workloads import contract
 from maas_workloads.artifact import Datatype, TensorSpec
 from maas_workloads.serve import datatypes, jsoncodec, oip, v1
 from maas_workloads.serve.errors import BadRequestError
@@ -175,6 +176,24 @@ def test_settings_from_the_environment_and_flags(tmp_path: pathlib.Path) -> None
     token.write_text("")
     with pytest.raises(SettingsError, match="is empty"):
         parse([], env)
+
+
+def test_the_body_budget_defaults_to_four_bodies_and_holds_at_least_one() -> None:
+    model = {"MAAS_MODEL_URI": "/m"}
+    assert parse([], model).http.max_buffered_bytes == 4 * contract.DEFAULT_MAX_REQUEST_BYTES
+    assert parse(["--max-request-bytes", "2048"], model).http.max_buffered_bytes == 8192
+    assert (
+        parse(
+            ["--max-request-bytes", "2048"], {**model, contract.ENV_MAX_BUFFERED_REQUEST_BYTES: "5000"}
+        ).http.max_buffered_bytes
+        == 5000
+    )
+    with pytest.raises(
+        SettingsError,
+        match=r"--max-buffered-request-bytes \(MAAS_MAX_BUFFERED_REQUEST_BYTES\) 4096 "
+        r"is less than --max-request-bytes \(MAAS_MAX_REQUEST_BYTES\) 8192",
+    ):
+        parse(["--max-request-bytes", "8192", "--max-buffered-request-bytes", "4096"], model)
 
 
 def test_bearer_auth() -> None:

@@ -203,6 +203,56 @@ def test_connection_cap_makes_room_from_stalled_clients_never_from_requests(
         assert server.stop() == 0
 
 
+def test_request_bodies_share_one_memory_budget(digits_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Bodies in memory across connections stay within --max-buffered-request-bytes: reserved by
+    Content-Length before a byte is read, chunked ones as they arrive, released with the response."""
+    settings = {
+        contract.ENV_MAX_REQUEST_BYTES: "60000",
+        contract.ENV_MAX_BUFFERED_REQUEST_BYTES: "100000",
+        contract.ENV_BODY_TIMEOUT_SECONDS: "60",
+    }
+    server = Server(str(digits_dir), tmp_path / "budget.log", settings)
+    buffered = "maas_http_buffered_request_bytes"
+    try:
+        server.wait_ready()
+        holder = raw.connect(server.port)  # declares 50,000 bytes, sends half, and waits
+        holder.sendall(raw.head("POST", INFER, {"Content-Length": "50000"}) + b" " * 25000)
+        deadline = time.monotonic() + 10
+        while _sample(server, buffered) < 50000:
+            assert time.monotonic() < deadline, "the declared body was never reserved"
+            time.sleep(0.05)
+
+        refused = raw.connect(server.port)  # 50,000 + 60,000 > 100,000: refused before its body is read
+        refused.sendall(raw.head("POST", INFER, {"Content-Length": "60000"}))
+        answer = raw.read_response(refused)
+        assert answer is not None and answer.status == 503
+        assert answer.headers["retry-after"] == "1" and answer.headers["connection"] == "close"
+        assert "holds 50000 bytes of request bodies, its limit is 100000" in answer.body.decode()
+        refused.close()
+
+        chunked = raw.connect(server.port)  # no length: reserved chunk by chunk, refused at the one that passes
+        chunked.sendall(raw.head("POST", INFER, {"Transfer-Encoding": "chunked"}))
+        for _ in range(3):
+            chunked.sendall(b"%x\r\n%s\r\n" % (20000, b" " * 20000))
+        answer = raw.read_response(chunked)
+        assert answer is not None and answer.status == 503
+        chunked.close()
+        assert _sample(server, 'maas_http_rejected_total{reason="buffered_bytes"}') == 2
+
+        holder.sendall(b" " * 25000)  # the first body completes (not a valid request: 400) and frees its share
+        answer = raw.read_response(holder)
+        assert answer is not None and answer.status == 400
+        holder.close()
+        assert _sample(server, buffered) == 0
+        with raw.connect(server.port) as again:  # the size refused before now fits
+            again.sendall(raw.head("POST", INFER, {"Content-Length": "60000"}) + b" " * 60000)
+            answer = raw.read_response(again)
+            assert answer is not None and answer.status == 400
+        assert _sample(server, buffered) == 0
+    finally:
+        assert server.stop() == 0
+
+
 def test_max_connections_must_fit_the_file_limit(digits_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     limit = 100_000_000
     server = Server(str(digits_dir), tmp_path / "fds.log", {contract.ENV_MAX_CONNECTIONS: str(limit)})

@@ -7,11 +7,11 @@ test_operator_pod.py (serve and llm) and in test_local_tls.py (`maas run`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import socket
 import ssl
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -34,7 +34,7 @@ from maas_workloads.serve.http.settings import (
 from maas_workloads.serve.http.tls import CertificateStore
 from tests.workloads.serve import raw
 from tests.workloads.serve.certificates import Authority, Pair, SecretVolume, client_context, served_serial
-from tests.workloads.serve.conftest import ROOT, free_port
+from tests.workloads.serve.conftest import ROOT, ServerProcess, free_port
 
 
 @pytest.fixture(scope="module")
@@ -137,15 +137,15 @@ def test_every_rotation_is_served_and_a_broken_one_is_not(authority: Authority, 
 
 
 # --- the layer over HTTPS, with a real process ------------------------------------------------
-class HttpsApp:
+class HttpsApp(ServerProcess):
     """`other_app` on the shared layer, serving HTTPS from `volume`, its log in a file."""
+
+    stop_timeout = 30.0
 
     def __init__(self, volume: SecretVolume, ca_file: pathlib.Path, log: pathlib.Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.ca_file = ca_file
-        self.log_path = log
-        self._log = log.open("wb")
         environment = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "workloads"), str(ROOT)]),
@@ -157,19 +157,14 @@ class HttpsApp:
             contract.ENV_TLS_RELOAD_SECONDS: "0.2",
             **env,
         }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.workloads.serve.other_app"],
-            cwd=ROOT,
-            env=environment,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        super().__init__([sys.executable, "-m", "tests.workloads.serve.other_app"], environment, log)
         deadline = time.monotonic() + 60
         while True:
             assert self.process.poll() is None, self.log()
             try:
-                if self.client().get("/health").status_code == 200:
-                    break
+                with self.client() as client:  # closed at once: a leaked keep-alive connection counts against the cap
+                    if client.get("/health").status_code == 200:
+                        break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, self.log()
                 time.sleep(0.1)
@@ -177,25 +172,14 @@ class HttpsApp:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=str(self.ca_file)), timeout=10)
 
-    def metric(self, series: str) -> float:
-        with self.client() as client:
-            for line in client.get("/metrics").text.splitlines():
+    def metric(self, series: str, client: httpx.Client | None = None) -> float:
+        """The series' value, scraped on `client`'s connection (default: a new one, closed after)."""
+        with contextlib.ExitStack() as stack:
+            scraper = client or stack.enter_context(self.client())
+            for line in scraper.get("/metrics").text.splitlines():
                 if line.startswith(series + " "):
                     return float(line.rsplit(" ", 1)[1])
         return 0.0
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> int:
-        self.process.terminate()
-        try:
-            code = self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self._log.close()
-        return code
 
 
 @pytest.fixture
@@ -312,17 +296,21 @@ def test_handshakes_that_never_finish_count_against_the_connection_cap(
     app = HttpsApp(secret, ca_file, tmp_path / "app.log", **settings)
     try:
         stalled = [raw.connect(app.port) for _ in range(4)]  # TCP only, never a handshake
-        # Counted from the accept: with the metrics request's own, five open connections, the cap. The
-        # kernel completes a TCP connect before the server accepts it, so the count may lag a moment.
-        deadline = time.monotonic() + 10
-        while (open_connections := app.metric("maas_http_connections")) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert open_connections == 5
-        # One more: the connection waiting longest for its headers gives way, and the client is served.
-        assert served_serial(app.port, authority) > 0
-        assert closed_by_server(stalled[0])
-        assert not any(closed_by_server(connection, within=0.3) for connection in stalled[1:])
-        assert app.metric('maas_http_rejected_total{reason="connection_limit"}') >= 1
+        # Counted from the accept: with the scraper's own (one kept-alive connection, so that polling
+        # adds no connection of its own), five open connections, the cap. The kernel completes a TCP
+        # connect before the server accepts it, so the count may lag a moment.
+        with app.client() as scraper:
+            deadline = time.monotonic() + 10
+            while (open_connections := app.metric("maas_http_connections", scraper)) < 5:
+                assert time.monotonic() < deadline, open_connections
+                time.sleep(0.05)
+            assert open_connections == 5
+            # One more: the connection waiting longest for its headers gives way (before the idle
+            # scraper), and the client is served.
+            assert served_serial(app.port, authority) > 0
+            assert closed_by_server(stalled[0])
+            assert not any(closed_by_server(connection, within=0.3) for connection in stalled[1:])
+            assert app.metric('maas_http_rejected_total{reason="connection_limit"}', scraper) >= 1
         for connection in stalled:
             connection.close()
     finally:

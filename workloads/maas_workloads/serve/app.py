@@ -9,7 +9,6 @@ work than the protocol needs, which is most of the per-request cost here.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from maas_workloads.serve.errors import (
     ServeError,
     UnavailableError,
 )
-from maas_workloads.serve.http.front import HeaderError, Receive, Scope, Send, headers_of, read_body
+from maas_workloads.serve.http.front import HeaderError, Receive, Scope, Send, headers_of, model_lifespan, read_body
 from maas_workloads.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from maas_workloads.serve.metrics import Metrics
 from maas_workloads.serve.model import LoadedModel
@@ -83,29 +82,13 @@ class App:
         self.metrics = metrics
         self.model_metrics = metrics.for_model(settings.model_name)
         self.state = ModelState(settings, self.model_metrics)
-        self._loading: asyncio.Task[None] | None = None
         self._version = _version()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                # Loading runs in the background: the port answers liveness (and 503 readiness) meanwhile.
-                loop = asyncio.get_running_loop()
-                self._loading = loop.create_task(self.state.load(), name="load-model")
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self._loading is not None and not self._loading.done():
-                    self._loading.cancel()
-                await self.state.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            await model_lifespan(receive, send, self.state.load, self.state.close)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

@@ -2,7 +2,8 @@
 
 - `settings`: `HttpSettings` and the flag/`MAAS_*` environment machinery (`HTTP_FLAGS`).
 - `protocol`: per connection, before the parser — request-header size and deadline, idle
-  keep-alive timeout, the cap on open connections, closing idle connections while draining.
+  keep-alive timeout, closing idle connections while draining; `connections`: what they
+  share — each connection's phase, the cap on open connections, the drain.
 - `front`: per request, before the application — duplicate guarded headers refused, bearer
   token checked before any body is read, the body read whole within its size and deadline
   and decoded, `Connection: close` while draining, one access-log line.

@@ -7,8 +7,10 @@ For each HTTP request, before the application runs:
    (401), checked before a byte of the body is read, so an unauthenticated client can make
    the server buffer nothing;
 3. the body is read whole, within `max_request_bytes` (413, also after gzip/deflate decoding)
-   and `body_timeout_seconds` (408), and decoded; the application then receives exactly one
-   `http.request` message with the complete body. A slow or stalled upload therefore never
+   and `body_timeout_seconds` (408), within the memory budget all requests share
+   (`max_buffered_bytes`, 503: reserved by Content-Length before a byte is read, else as the
+   chunks arrive, and held until the response), and decoded; the application then receives
+   exactly one `http.request` message with the complete body. A slow or stalled upload therefore never
    reaches the application, so nothing it counts (in-flight requests, queues) includes it.
 
 And for every response: `Connection: close` while the server drains (so pooled clients
@@ -22,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, MutableMapping
 from typing import Any, Final
 
 from maas_workloads.serve.http.auth import BearerAuth
+from maas_workloads.serve.http.connections import Connections
 from maas_workloads.serve.http.logs import AccessLog
-from maas_workloads.serve.http.protocol import Connections
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,6 +71,27 @@ async def read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
+async def model_lifespan(
+    receive: Receive, send: Send, load: Callable[[], Coroutine[Any, Any, None]], close: Callable[[], Awaitable[None]]
+) -> None:
+    """The ASGI lifespan of a model server: `load` runs in the background from startup, so the
+    port answers liveness (and a 503 readiness) while the model loads; shutdown cancels a load
+    still running, then awaits `close` (after the server drained its requests)."""
+    loading: asyncio.Task[None] | None = None
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            loading = asyncio.get_running_loop().create_task(load(), name="load-model")
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if loading is not None:
+                loading.cancel()
+                await asyncio.gather(loading, return_exceptions=True)
+            await close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 class _RefusedError(Exception):
     def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
@@ -78,9 +101,10 @@ class _RefusedError(Exception):
 
 
 class _Exchange:
-    """The response side of one request: adds `Connection: close` when due, notes status and size."""
+    """One request's side of the connection: adds `Connection: close` when due, notes status and size,
+    and holds the request's share of the body budget."""
 
-    __slots__ = ("_connections", "_send", "body_read", "response_bytes", "status")
+    __slots__ = ("_connections", "_send", "body_read", "reserved", "response_bytes", "status")
 
     def __init__(self, send: Send, connections: Connections) -> None:
         self._send = send
@@ -88,6 +112,23 @@ class _Exchange:
         self.status: int | None = None
         self.response_bytes = 0
         self.body_read = False
+        self.reserved = 0
+        """Bytes of the connections' body budget this request holds (released when it ends)."""
+
+    def reserve(self, size: int) -> None:
+        """Hold `size` more bytes of the body budget; raises _RefusedError (503) when they do not fit."""
+        if size <= 0:
+            return
+        connections = self._connections
+        if not connections.reserve(size):
+            connections.rejected.labels("buffered_bytes").inc()
+            raise _RefusedError(
+                503,
+                f"the server holds {connections.buffered_bytes} bytes of request bodies, its limit is "
+                f"{connections.settings.max_buffered_bytes}; retry",
+                [(b"retry-after", b"1")],
+            )
+        self.reserved += size
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -167,17 +208,20 @@ class Front:
                     "missing or wrong bearer token in the Authorization header",
                     [(b"www-authenticate", b'Bearer realm="maas"')],
                 )
-            body = await self._read_body(receive, headers, started)
+            body = await self._read_body(receive, headers, started, exchange)
             if body is None:
                 return  # the client went away; there is no one to answer
             exchange.body_read = True
             if b"content-encoding" in headers:
+                raw = len(body)
                 body = self._decode(body, headers[b"content-encoding"].decode("latin-1"))
+                exchange.reserve(len(body) - raw)  # both are held until the decoded one is passed on
                 scope = {**scope, "headers": [item for item in scope["headers"] if item[0] != b"content-encoding"]}
             await self._app(scope, _Replay(body, receive), exchange.send)
         except _RefusedError as refusal:
             await exchange.refuse(refusal)
         finally:
+            self._connections.release(exchange.reserved)
             if self._access_log is not None and exchange.status is not None:
                 client = scope.get("client")
                 self._access_log.record(
@@ -203,14 +247,23 @@ class Front:
             flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
 
-    async def _read_body(self, receive: Receive, headers: dict[bytes, bytes], started: float) -> bytes | None:
+    async def _read_body(
+        self, receive: Receive, headers: dict[bytes, bytes], started: float, exchange: _Exchange
+    ) -> bytes | None:
+        """The whole body, its memory reserved first: by its Content-Length before a byte is read, else
+        (chunked) as it arrives; raises _RefusedError (413, 408, or 503 past the budget)."""
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
-            raise _RefusedError(413, f"the body has {int(declared)} bytes; this server takes at most {self._max_bytes}")
+        if declared is not None and declared.isdigit():
+            if int(declared) > self._max_bytes:
+                raise _RefusedError(
+                    413, f"the body has {int(declared)} bytes; this server takes at most {self._max_bytes}"
+                )
+            exchange.reserve(int(declared))
         message = await receive()  # the common case: the whole body came with the headers
         if message["type"] == "http.disconnect":
             return None
         body: bytes = message.get("body", b"")
+        exchange.reserve(len(body) - exchange.reserved)  # nothing more when Content-Length reserved it
         if not message.get("more_body", False):
             return body
         chunks, size = [body], len(body)
@@ -225,6 +278,7 @@ class Front:
                     size += len(chunk)
                     if size > self._max_bytes:
                         raise _RefusedError(413, f"the body has more than {self._max_bytes} bytes, this server's limit")
+                    exchange.reserve(size - exchange.reserved)
                     chunks.append(chunk)
         except TimeoutError:
             self._connections.rejected.labels("body_timeout").inc()

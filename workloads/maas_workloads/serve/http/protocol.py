@@ -37,25 +37,26 @@ a response's head and body leave in one write (`transport.CoalescingTransport`).
 from __future__ import annotations
 
 import asyncio
-import enum
 import http
-from collections.abc import Callable
 from typing import Any, Final
 
 import httptools
-from prometheus_client import CollectorRegistry, Counter, Gauge
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from maas_workloads.serve.http.logs import AccessLog
-from maas_workloads.serve.http.settings import HttpSettings
-from maas_workloads.serve.http.tls import CertificateStore, start_handshake
+from maas_workloads.serve.http.connections import (
+    AWAITING,
+    BUSY,
+    CLOSING,
+    IDLE,
+    REJECTED,
+    Connections,
+    Phase,
+)
+from maas_workloads.serve.http.tls import start_handshake
 from maas_workloads.serve.http.transport import CoalescingTransport
-
-ErrorBody = Callable[[int, str], bytes]
-"""(HTTP status, message) -> the JSON body of an error response, in the application's error shape."""
 
 DRAIN_IDLE_SECONDS: Final = 1.0
 """While draining, a connection idle this long is closed. Closing an idle connection races
@@ -68,83 +69,8 @@ LINGER_BYTES: Final = 64 * 1024
 or this many bytes at most, then the connection closes."""
 
 
-class Phase(enum.Enum):
-    AWAITING = "awaiting"
-    BUSY = "busy"
-    IDLE = "idle"
-    REJECTED = "rejected"
-    CLOSING = "closing"
-
-
-# Plain names for the hot path (a module global is cheaper to reach than an enum's attribute).
-_AWAITING, _BUSY, _IDLE, _REJECTED, _CLOSING = Phase.AWAITING, Phase.BUSY, Phase.IDLE, Phase.REJECTED, Phase.CLOSING
-# Which connection gives way when a new one arrives at the cap: one already answered with an
-# error, then the one waiting longest for its headers, then the one idle longest.
-_EVICTION_ORDER: Final = (_REJECTED, _AWAITING, _IDLE)
-
-
 class _RefusedError(Exception):
     """Raised from a parser callback after refusing the request: stops the parser mid-read."""
-
-
-class Connections(ServerState):
-    """uvicorn's server state (open connections, running tasks) plus the guard's shared state.
-
-    One per server; every `GuardedProtocol` gets it as its `server_state`.
-    """
-
-    def __init__(
-        self,
-        settings: HttpSettings,
-        error_body: ErrorBody,
-        access_log: AccessLog | None,
-        registry: CollectorRegistry | None,
-        tls: CertificateStore | None = None,
-    ) -> None:
-        super().__init__()
-        self.settings = settings
-        self.error_body = error_body
-        self.access_log = access_log
-        self.tls = tls
-        """The certificate every new connection's handshake uses; None: plain HTTP."""
-        self.draining = False
-        self.evictable: dict[Phase | None, dict[GuardedProtocol, None]] = {phase: {} for phase in _EVICTION_ORDER}
-        """Per phase that may give way at the cap, its connections in the order they entered it."""
-        self.all_closed = asyncio.Event()
-        """Set once the server drains and its last connection has closed."""
-        registry = registry if registry is not None else CollectorRegistry()
-        gauge = Gauge("maas_http_connections", "Open HTTP connections.", registry=registry)
-        gauge.set_function(lambda: len(self.connections))
-        self.rejected = Counter(
-            "maas_http_rejected",
-            "Requests or connections refused before the application saw them, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-
-    def begin_drain(self) -> None:
-        """From now on idle connections close after DRAIN_IDLE_SECONDS; see `front.Front` for responses."""
-        self.draining = True
-        for connection in list(self.connections):
-            if isinstance(connection, GuardedProtocol):
-                connection.begin_drain()
-
-    def closed(self) -> None:
-        """A connection closed: note when none is left while draining."""
-        if self.draining and not self.connections:
-            self.all_closed.set()
-
-    def make_room(self, newcomer: GuardedProtocol) -> bool:
-        """At the cap, close one connection that is not serving a request; False when all are.
-
-        Connections busy with a request are never cut: the newcomer is refused instead (503).
-        """
-        for phase in _EVICTION_ORDER:
-            for connection in self.evictable[phase]:
-                if connection is not newcomer:
-                    connection.evict()
-                    return True
-        return False
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -182,7 +108,7 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         super().connection_made(transport)
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
-        self._enter(_AWAITING)
+        self._enter(AWAITING)
         self._arm_deadline(self.guard.settings.header_timeout_seconds)
         if self.guard.draining:
             self.begin_drain()
@@ -207,7 +133,7 @@ class GuardedProtocol(HttpToolsProtocol):
         # Failed (a bad client hello, plain HTTP, an alert, a reset) or closed under it (the
         # deadline, the cap, the drain). The TLS layer does not report a connection lost during
         # the handshake to its application: this is where it ends.
-        if not waiter.cancelled() and waiter.exception() is not None and self.phase is _AWAITING:
+        if not waiter.cancelled() and waiter.exception() is not None and self.phase is AWAITING:
             self.guard.rejected.labels("tls_handshake").inc()
         self._tls = None
         self.connection_lost(None)
@@ -223,14 +149,14 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self.phase
-        if phase is _REJECTED or phase is _CLOSING:
+        if phase is REJECTED or phase is CLOSING:
             self._drop(len(data))
             return
         self._unset_keepalive_if_required()
         # Where this read starts inside a request head, the parser gets at most what the limit
         # leaves plus one byte: an oversized head is refused having cost no more than the limit.
         budget = self._max_header_bytes - self._header_bytes
-        if len(data) > budget and (self._in_headers or phase is not _BUSY):
+        if len(data) > budget and (self._in_headers or phase is not BUSY):
             if not self._feed(data[: budget + 1]):
                 return
             if self._in_headers:
@@ -245,11 +171,11 @@ class GuardedProtocol(HttpToolsProtocol):
             if self._header_bytes > self._max_header_bytes:
                 self._reject_headers_too_large()
                 return
-            if self.phase is _IDLE:
-                self._enter(_AWAITING)  # the next request has begun: its headers are due
-        if self.phase is _AWAITING and self._deadline is None:
+            if self.phase is IDLE:
+                self._enter(AWAITING)  # the next request has begun: its headers are due
+        if self.phase is AWAITING and self._deadline is None:
             self._arm_deadline(self.guard.settings.header_timeout_seconds)
-        elif self.phase is _IDLE:  # bytes that begin no request (blank lines) do not reset the idle time
+        elif self.phase is IDLE:  # bytes that begin no request (blank lines) do not reset the idle time
             self._close_when_idle_for(self.timeout_keep_alive)
 
     def _feed(self, data: bytes) -> bool:
@@ -259,7 +185,7 @@ class GuardedProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             self._unsupported_upgrade_warning()  # no WebSocket here: the request proceeds as plain HTTP
         except httptools.HttpParserError as error:
-            if self.phase is not _REJECTED and self.phase is not _CLOSING:  # else a callback refused it
+            if self.phase is not REJECTED and self.phase is not CLOSING:  # else a callback refused it
                 self._reject(http.HTTPStatus.BAD_REQUEST, f"invalid HTTP request: {error}", "malformed")
             return False
         return True
@@ -278,7 +204,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._reject_headers_too_large()
             raise _RefusedError  # stop parsing what follows
         self._cancel_deadline()
-        self._enter(_BUSY)
+        self._enter(BUSY)
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
@@ -289,22 +215,22 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._in_headers:
             # The next request's first bytes came while this one was served: its headers are due.
             self._unset_keepalive_if_required()
-            self._enter(_AWAITING)
+            self._enter(AWAITING)
             self._arm_deadline(self.guard.settings.header_timeout_seconds)
             return
-        self._enter(_IDLE)  # uvicorn armed the keep-alive timer (shortened by begin_drain)
+        self._enter(IDLE)  # uvicorn armed the keep-alive timer (shortened by begin_drain)
 
     # --- drain and eviction ---------------------------------------------------------------
     def begin_drain(self) -> None:
         """Close this connection once it has been idle DRAIN_IDLE_SECONDS, counting from before the drain."""
         self.timeout_keep_alive = min(self.timeout_keep_alive, DRAIN_IDLE_SECONDS)  # type: ignore[assignment]
-        if self.phase is _IDLE or (self.phase is _AWAITING and not self._in_headers):
+        if self.phase is IDLE or (self.phase is AWAITING and not self._in_headers):
             self._close_when_idle_for(DRAIN_IDLE_SECONDS)
 
     def evict(self) -> None:
         """Give way to a new connection at the cap (never called on a BUSY connection)."""
         self.guard.rejected.labels("connection_limit").inc()
-        if self.phase is _AWAITING and self._in_headers:
+        if self.phase is AWAITING and self._in_headers:
             self._respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "the server is at its connection limit; retry")
         self._close()
 
@@ -333,7 +259,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.since = self.loop.time()
 
     def _close(self) -> None:
-        self._enter(_CLOSING)
+        self._enter(CLOSING)
         self.transport.close()
 
     def _arm_deadline(self, seconds: float) -> None:
@@ -347,7 +273,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _header_deadline_passed(self) -> None:
         self._deadline = None
-        if self.phase is not _AWAITING or self.transport.is_closing():
+        if self.phase is not AWAITING or self.transport.is_closing():
             return
         self.guard.rejected.labels("header_timeout").inc()
         if self._in_headers:
@@ -382,7 +308,7 @@ class GuardedProtocol(HttpToolsProtocol):
             self._close()
             return
         self._respond(status, message)
-        self._enter(_REJECTED)
+        self._enter(REJECTED)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)

@@ -38,9 +38,10 @@ import orjson
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from maas_workloads.serve.http.connections import Connections, ErrorBody
 from maas_workloads.serve.http.front import ASGIApp, Front
 from maas_workloads.serve.http.logs import AccessLog
-from maas_workloads.serve.http.protocol import Connections, ErrorBody, GuardedProtocol
+from maas_workloads.serve.http.protocol import GuardedProtocol
 from maas_workloads.serve.http.settings import HttpSettings, SettingsError
 from maas_workloads.serve.http.tls import certificate_store
 
@@ -67,7 +68,7 @@ class Service:
     error_body: ErrorBody = oip_error_body
     """The body of the layer's own error responses (401, 408, 413, 431, ...), in the app's shape."""
     registry: CollectorRegistry | None = None
-    """Where `maas_http_connections` and `maas_http_rejected_total` go (the app's /metrics registry)."""
+    """Where the layer's metrics (`maas_http_*`) go (the app's /metrics registry)."""
 
 
 class DrainingServer(uvicorn.Server):

@@ -112,6 +112,9 @@ class HttpSettings:
     log_level: str
     max_request_bytes: int
     """Largest request body, also after gzip/deflate decoding (413 above it)."""
+    max_buffered_bytes: int
+    """Request bodies held in memory at once, all connections together (503 to the request that would
+    pass it); at least `max_request_bytes`."""
     max_header_bytes: int
     """Largest request line plus headers (431 above it)."""
     header_timeout_seconds: float
@@ -148,6 +151,12 @@ HTTP_FLAGS: tuple[Flag, ...] = (
         "--max-request-bytes",
         contract.ENV_MAX_REQUEST_BYTES,
         f"largest request body, also decompressed (default: {contract.DEFAULT_MAX_REQUEST_BYTES})",
+    ),
+    Flag(
+        "--max-buffered-request-bytes",
+        contract.ENV_MAX_BUFFERED_REQUEST_BYTES,
+        "request bodies held in memory at once, all connections together "
+        f"(default: {contract.BUFFERED_REQUESTS_PER_BUDGET} x --max-request-bytes)",
     ),
     Flag(
         "--max-header-bytes",
@@ -196,13 +205,15 @@ HTTP_FLAGS: tuple[Flag, ...] = (
 
 def http_settings(options: Options, environ: Mapping[str, str]) -> HttpSettings:
     """The HTTP layer's settings from parsed HTTP_FLAGS, and the token from the environment only."""
+    max_request_bytes = options.number("max_request_bytes", int, contract.DEFAULT_MAX_REQUEST_BYTES, 1024)
     return HttpSettings(
         host=options.text("host") or "0.0.0.0",  # a pod serves on every interface
         port=options.number("port", int, contract.SERVING_PORT, 0),
         auth_token=auth_token(environ),
         access_log=options.boolean("access_log", True),
         log_level=options.choice("log_level", ("debug", "info", "warning", "error"), "info"),
-        max_request_bytes=options.number("max_request_bytes", int, contract.DEFAULT_MAX_REQUEST_BYTES, 1024),
+        max_request_bytes=max_request_bytes,
+        max_buffered_bytes=_buffered_budget(options, max_request_bytes),
         max_header_bytes=options.number("max_header_bytes", int, contract.DEFAULT_MAX_HEADER_BYTES, 1024),
         header_timeout_seconds=options.number(
             "header_timeout_seconds", float, contract.DEFAULT_HEADER_TIMEOUT_SECONDS, 0.1
@@ -216,6 +227,19 @@ def http_settings(options: Options, environ: Mapping[str, str]) -> HttpSettings:
         drain_delay_seconds=options.number("drain_delay_seconds", float, contract.DEFAULT_DRAIN_DELAY_SECONDS, 0.0),
         tls=tls_settings(options),
     )
+
+
+def _buffered_budget(options: Options, max_request_bytes: int) -> int:
+    budget = options.number(
+        "max_buffered_request_bytes", int, contract.BUFFERED_REQUESTS_PER_BUDGET * max_request_bytes, 1024
+    )
+    if budget < max_request_bytes:
+        raise SettingsError(
+            f"--max-buffered-request-bytes ({contract.ENV_MAX_BUFFERED_REQUEST_BYTES}) {budget} is less than "
+            f"--max-request-bytes ({contract.ENV_MAX_REQUEST_BYTES}) {max_request_bytes}: one body of the largest "
+            "size must fit; raise the first or lower the second"
+        )
+    return budget
 
 
 def tls_settings(options: Options) -> TlsSettings | None:

@@ -20,12 +20,12 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import orjson
 
-from maas_workloads.serve.http.front import read_body
+from maas_workloads.serve.http.front import Receive, Scope, Send, model_lifespan, read_body
 from maas_workloads.serve.llm import responses
 from maas_workloads.serve.llm.errors import OpenAIError
 from maas_workloads.serve.llm.generation import Generation, prepare
@@ -34,11 +34,6 @@ from maas_workloads.serve.llm.protocol import ChatCompletionRequest, CompletionR
 from maas_workloads.serve.llm.state import LLMState
 from maas_workloads.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from maas_workloads.serve.settings import Settings
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 _JSON: Final = b"application/json"
 _SSE_HEADERS: Final = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -60,28 +55,12 @@ class OpenAIApp:
         self.settings = settings
         self.metrics = LLMMetrics(settings.model_name)
         self.state = LLMState(settings, self.metrics)
-        self._background: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                loop = asyncio.get_running_loop()
-                self._background.append(loop.create_task(self.state.load(), name="load-model"))
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                for task in self._background:
-                    task.cancel()
-                await asyncio.gather(*self._background, return_exceptions=True)
-                await self.state.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+            await model_lifespan(receive, send, self.state.load, self.state.close)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
