@@ -136,3 +136,22 @@ async def test_pods_on_lost_nodes_stay_terminating_until_force_deleted(cluster: 
         return await cluster.get("Pod", "stuck") is None
 
     await wait_for(gone, what="the force-deleted pod gone")
+
+
+async def test_a_merge_patch_is_stored_merged_and_a_tests_reaction_still_answers_first(cluster: Cluster) -> None:
+    await cluster.apply(deployment(), OURS)
+    await cluster.patch("Deployment", "digits", {"metadata": {"annotations": {"a": None, "c": "3"}}})
+    await cluster.patch("Deployment", "digits", {"spec": {"replicas": 5}})
+    stored = await cluster.get("Deployment", "digits")
+    assert stored is not None
+    assert stored["metadata"]["annotations"] == {"b": "2", "c": "3"}, "null removes, maps merge"
+    assert stored["spec"]["replicas"] == 5 and stored["metadata"]["generation"] == 2, "a spec change counts"
+    assert stored["spec"]["template"]["spec"]["containers"][0]["image"] == "serve"
+    # With a reaction of the test's own, requests go through KMock's search again: it answers first.
+    cluster.emulator["get", "/apis/apps/v1/namespaces/team-a/deployments/digits"] << 503
+    async with cluster.session.get(cluster.path("Deployment", "digits")) as response:
+        assert response.status == 503
+    async with cluster.session.get(cluster.path("Deployment")) as response:
+        assert response.status == 200 and [item["metadata"]["name"] for item in (await response.json())["items"]] == [
+            "digits"
+        ]
