@@ -2,7 +2,7 @@
 (`Switches`): server-side apply with field managers (ssa.py), admission refusals and quotas
 (admission.py), server errors, pods on lost nodes that never finish terminating, resourceVersion
 preconditions on Leases, a latency per request. Tests reach the switches as `cluster.switches`
-(emulator.py).
+(emulator.py). Always on: label selectors on lists and watches.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import copy
 import datetime
 import itertools
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,30 @@ class Switches:
 
 def _error(status: int, reason: str, message: str, kind: str = "", name: str = "") -> Exception:
     return kmock.KubernetesError(status=status, reason=reason, message=message, details={"kind": kind, "name": name})
+
+
+def selects(selector: str, obj: dict[str, Any]) -> bool:
+    """Whether `obj`'s labels satisfy a label selector as lists and watches take it (`labelSelector`):
+    comma-separated `key=value`, `key==value`, `key!=value`, `key` (exists) and `!key` (absent).
+    Set-based terms (`key in (a,b)`) are not modelled: ValueError."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, (part.strip() for part in selector.split(","))):
+        if " in " in term or " notin " in term or "(" in term:
+            raise ValueError(f"set-based label selectors are not modelled: {term!r}")
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
 
 
 def _copy(value: Any) -> Any:
@@ -191,6 +215,20 @@ class ApiServer(kmock.KubernetesEmulator, _BuiltInReactions):  # type: ignore[mi
             await self.switches.held[key].wait()
         finally:
             self.switches.holding[key] -= 1
+
+    # --- lists and watches: only the objects the label selector selects --------------------
+    async def _serve_list(self, request: Any) -> Any:
+        listed = await super()._serve_list(request)
+        selector = request.params.get("labelSelector")
+        if selector:
+            listed["items"] = [item for item in listed["items"] if selects(selector, item)]
+        return listed
+
+    async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
+        selector = request.params.get("labelSelector")
+        async for event in super()._serve_watch(request):
+            if not selector or not isinstance(event, dict) or selects(selector, event.get("object") or {}):
+                yield event
 
     # --- the object store -------------------------------------------------------------
     # KMock finds the object a fetch, create, update or delete answers with by scanning every

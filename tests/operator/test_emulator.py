@@ -155,3 +155,19 @@ async def test_a_merge_patch_is_stored_merged_and_a_tests_reaction_still_answers
         assert response.status == 200 and [item["metadata"]["name"] for item in (await response.json())["items"]] == [
             "digits"
         ]
+
+
+async def test_lists_return_only_what_the_label_selector_selects(cluster: Cluster) -> None:
+    for name, labels in (("ours", {"managed": "yes", "owner": "a"}), ("theirs", {"managed": "no"}), ("bare", {})):
+        await cluster.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels}})
+
+    async def names(selector: str) -> list[str]:
+        async with cluster.session.get(cluster.path("Service"), params={"labelSelector": selector}) as response:
+            assert response.status == 200, await response.text()
+            return sorted(item["metadata"]["name"] for item in (await response.json())["items"])
+
+    assert await names("managed=yes") == ["ours"]
+    assert await names("managed=yes,owner") == ["ours"]
+    assert await names("managed!=yes") == ["bare", "theirs"]
+    assert await names("!managed") == ["bare"]
+    assert await names("owner,!managed") == []
