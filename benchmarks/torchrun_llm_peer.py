@@ -4,7 +4,8 @@
 
 Same data preparation, model, sharding, optimizer, schedule and step function as a TrainingJob's
 workers (maas_workloads.train.llm), without Ray, the launcher, checkpoints or progress reports.
-Rank 0 writes the start time of every step, its tokens and global loss, and every rank's peak memory
+Rank 0 writes the start time of every step, its tokens and global loss, the CPU seconds all ranks had
+used when it started (each rank's process time, summed), and every rank's peak memory
 and its resident memory before the model was loaded (the interpreter and libraries: what sharding
 cannot shrink).
 """
@@ -72,12 +73,14 @@ def main() -> None:
     scheduler = loop.build_scheduler(hp, optimizer, batches.total_steps(Position()))
     position = Position()
     times: list[float] = []
+    cpu_times: list[float] = []
     tokens: list[int] = []
     losses: list[float] = []
     model.train()
     while len(times) < steps:
         for micro_batches in batches.epoch(position):
             times.append(time.time())
+            cpu_times.append(time.process_time())
             loss_share, processed = loop.train_step(
                 model, optimizer, scheduler, micro_batches, world, device, contextlib.nullcontext, DEFAULT_MAX_GRAD_NORM
             )
@@ -91,6 +94,8 @@ def main() -> None:
     times.append(time.time())
     global_losses = torch.tensor(losses, dtype=torch.float64)
     dist.all_reduce(global_losses)
+    cpu_seconds = torch.tensor(cpu_times, dtype=torch.float64)
+    dist.all_reduce(cpu_seconds)
     memory = torch.tensor([_resident_peak(), baseline], dtype=torch.float64)
     gathered = [torch.zeros_like(memory) for _ in range(world)]
     dist.all_gather(gathered, memory)
@@ -100,6 +105,7 @@ def main() -> None:
             "stepStarts": times,
             "tokens": tokens,
             "losses": global_losses.tolist(),
+            "cpuSeconds": cpu_seconds.tolist(),
             "peakMemoryBytes": [float(m[0]) for m in gathered],
             "baselineMemoryBytes": [float(m[1]) for m in gathered],
         }

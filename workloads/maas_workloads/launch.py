@@ -22,10 +22,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 from maas_workloads import artifact, contract, storage
+from maas_workloads.termination import (
+    Terminated,
+    fail,
+    install_signal_handlers,
+    terminated,
+    terminated_cause,
+    write_termination_message,
+)
 from maas_workloads.train.config import DATA_RESOURCE, DATA_TASKS_PER_WORKER, WORKER_RESOURCE, JobContext
 from maas_workloads.train.errors import ApplicationError, ConfigurationError, InfrastructureError, LaunchError
 
@@ -35,85 +42,15 @@ RAY_READY_SECONDS = 120.0
 HEAD_GONE_SECONDS = 15.0
 """A worker leaves once the head's GCS port has refused connections this long."""
 POLL_SECONDS = 1.0
+STARTUP_POLL_SECONDS = 0.2
+"""While the attempt starts (the head's GCS port, workers joining), polls are cheap and every second
+waited delays the first step: a worker sees the head 0.4 s sooner on average than with POLL_SECONDS."""
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
 """Ray starts its worker processes at niceness 15 by default, so that on big shared nodes they yield the
 CPU to the GCS and raylet. A worker pod has no GCS and its training worker is the pod's whole job, so
 its Ray node starts workers at niceness 0 (unless the pod's env says otherwise); where processes share
 one machine (`maas run`), training then gets an equal share instead of yielding to everything else."""
 STOP_GRACE_SECONDS = 15.0
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGINT arrived: clean up and exit 128 + signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise Terminated(signum)
-
-
-def install_signal_handlers() -> None:
-    """Turn SIGTERM/SIGINT into Terminated; again after ray.init, whose core worker replaces them."""
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-
-
-# --- Termination message ------------------------------------------------------------------------
-
-
-def termination_log_path() -> str:
-    return os.environ.get(contract.ENV_TERMINATION_LOG, contract.TERMINATION_LOG)
-
-
-def _without_metrics(model: contract.ModelReport) -> contract.ModelReport:
-    """The report without metrics (the manifest keeps them), so that it fits the termination log."""
-    short: contract.ModelReport = {"uri": model["uri"], "sha256": model["sha256"]}
-    if "variants" in model:
-        short["variants"] = [{**variant, "metrics": {}} for variant in model["variants"]]
-    return short
-
-
-def write_termination_message(message: contract.TerminationMessage) -> None:
-    """JSON under 4 KiB; an error message is cut, a model's metrics are dropped before its URI."""
-    data = json.dumps(message, separators=(",", ":"))
-    if len(data.encode()) > contract.TERMINATION_MESSAGE_MAX_BYTES and "model" in message:
-        message = {"model": _without_metrics(message["model"])}
-        data = json.dumps(message, separators=(",", ":"))
-    if len(data.encode()) > contract.TERMINATION_MESSAGE_MAX_BYTES and "error" in message:
-        budget = contract.TERMINATION_MESSAGE_MAX_BYTES - 64
-        data = json.dumps({"error": message["error"].encode()[:budget].decode(errors="ignore") + " ..."})
-    try:
-        with open(termination_log_path(), "w") as handle:
-            handle.write(data)
-    except OSError as error:
-        log.warning("cannot write the termination message to %s: %s", termination_log_path(), error)
-
-
-def terminated(signal_: Terminated) -> int:
-    write_termination_message({"error": f"terminated by {signal_}"})
-    return contract.SIGNAL_EXIT_BASE + signal_.signum
-
-
-def _terminated_cause(error: BaseException) -> Terminated | None:
-    """The signal behind an error: Ray's C extension wraps a Terminated raised inside ray.get (e.g. while
-    trainer.fit() waits) into a SystemError, which must still count as the platform's, not the job's."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, Terminated):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def fail(error: LaunchError) -> int:
-    log.error("%s (exit %d)", error, int(error.exit_code))
-    write_termination_message({"error": str(error)})
-    return int(error.exit_code)
 
 
 # --- Ray processes -------------------------------------------------------------------------------
@@ -187,7 +124,7 @@ def wait_for_workers(context: JobContext, deadline_seconds: float) -> int:
         if joined >= context.min_workers:
             log.info("%d of %d workers joined", joined, context.workers)
             return joined
-        time.sleep(POLL_SECONDS)
+        time.sleep(STARTUP_POLL_SECONDS)
     raise InfrastructureError(
         f"only {joined} of the {context.min_workers} required workers joined the Ray head within "
         f"{deadline_seconds:.0f}s (spec.runPolicy.startupDeadlineSeconds); check the worker pods"
@@ -204,7 +141,7 @@ def _connect(node: subprocess.Popen[bytes], host: str, port: int) -> None:
             raise InfrastructureError(f"the Ray head exited with code {node.returncode} while starting")
         if time.monotonic() > deadline:
             raise InfrastructureError(f"the Ray head did not open {host}:{port} within {RAY_READY_SECONDS:.0f}s")
-        time.sleep(POLL_SECONDS)
+        time.sleep(STARTUP_POLL_SECONDS)
     try:
         ray.init(address=f"{host}:{port}", logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError) as error:
@@ -299,6 +236,13 @@ def published_model(context: JobContext) -> contract.ModelReport:
     return report
 
 
+def import_ray_train() -> None:
+    """Import Ray Train's TorchTrainer (about a second of CPU here), which the built-in trainer's driver
+    needs: called while the Ray head starts in its own processes, it overlaps that instead of following
+    the workers' joining."""
+    import ray.train.torch  # noqa: F401
+
+
 def run_head(context: JobContext) -> int:
     import ray
 
@@ -328,6 +272,8 @@ def run_head(context: JobContext) -> int:
         data = prepare_builtin(context) if context.spec.trainer is not None else None
         # Ending the attempt is deliberate: no point draining the head for Ray's graceful handover.
         with ray_node(arguments, {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}) as node:
+            if data is not None:
+                import_ray_train()
             node_ip = _node_ip(extra)
             address = f"{node_ip}:{context.head_port}"
             _connect(node, node_ip, context.head_port)
@@ -343,7 +289,7 @@ def run_head(context: JobContext) -> int:
     except Terminated as signal_:
         return terminated(signal_)
     except Exception as error:
-        cause = _terminated_cause(error)
+        cause = terminated_cause(error)
         if cause is not None:
             return terminated(cause)
         log.exception("the head failed")
@@ -370,7 +316,7 @@ def run_worker(context: JobContext) -> int:
                     f"{context.spec.run_policy.startup_deadline_seconds}s"
                 )
             )
-        time.sleep(POLL_SECONDS)
+        time.sleep(STARTUP_POLL_SECONDS)
     arguments = [
         f"--address={context.head_address}",
         f"--num-cpus={context.cpus_per_worker}",

@@ -30,8 +30,9 @@ from maas_workloads.train.llm.state import Position
 STEPS = 4
 MICRO_BATCH = 2
 SEQUENCE = 16
-MODES = [("fsdp", "full"), ("ddp", "full"), ("ddp", "lora")]
-"""FSDP with LoRA is compared on Ray (test_llm.py), with the data split by the trainer itself."""
+MODES = [("fsdp", "full"), ("ddp", "full"), ("ddp", "lora"), ("fsdp", "lora")]
+"""FSDP with LoRA is also compared on Ray (test_llm.py), with the data split by the trainer itself, on a
+model with tied embeddings; this base model's are untied, so FSDP shards them and the head as units."""
 
 
 def blocks(vocab: int) -> TokenBlocks:

@@ -15,7 +15,7 @@ import yaml
 from maas_operator.api.trainer import DatasetSpec, ModelOptions
 from maas_operator.api.trainingjob import TrainingJobSpec
 from maas_workloads import artifact, contract, storage
-from maas_workloads.launch import write_termination_message
+from maas_workloads.termination import write_termination_message
 from maas_workloads.train import datasets, models, publish
 from maas_workloads.train.builtin import steps_per_epoch
 from maas_workloads.train.checkpoints import CheckpointStore

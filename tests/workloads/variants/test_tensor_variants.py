@@ -20,9 +20,9 @@ import torch
 from maas_operator.api.trainer import ModelOptions
 from maas_workloads import artifact, contract
 from maas_workloads.contract import MANIFEST_FILE
-from maas_workloads.launch import write_termination_message
 from maas_workloads.serve import model as loader
 from maas_workloads.serve import settings, sources
+from maas_workloads.termination import write_termination_message
 from maas_workloads.train import models, publish
 from maas_workloads.variants.tensor import Validation
 from tests.workloads.variants.artifacts import digits_split, evaluation_batches, export, trained_mlp

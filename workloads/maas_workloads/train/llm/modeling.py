@@ -156,12 +156,32 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def shard_units(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """The modules FSDP2 shards as units of their own, in forward order, each with whether it reshards
+    (frees its gathered parameters) after the forward: the input embeddings, every decoder layer, and
+    the output head.
+
+    Each unit's parameters are whole only while it computes, so the largest vocabulary x hidden
+    matrices are not held unsharded by the root for the whole step, nor their full gradients until
+    the end of the backward. The head runs last in the forward and first in the backward, so it keeps
+    its gathered weight in between (torchtitan shards Llama the same way). Tied input and output
+    embeddings (one parameter in two places) stay with the root, which covers both uses.
+    """
+    layers = decoder_layers(model)
+    get_input, get_output = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    embeddings = get_input() if callable(get_input) else None
+    head = get_output() if callable(get_output) else None
+    if embeddings is None or head is None or embeddings.weight is head.weight:
+        return [(layer, True) for layer in layers]
+    return [(embeddings, True), *((layer, True) for layer in layers), (head, False)]
+
+
 _M_MMAP_THRESHOLD = -3
 """mallopt's parameter number for the size above which glibc serves allocations by mmap (malloc.h)."""
 _MMAP_THRESHOLD_WHILE_LOADING = 64 * 1024
-_MMAP_THRESHOLD_AFTERWARDS = 32 * 1024 * 1024
-"""glibc's own ceiling for its dynamic threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit), where it settles
-when large blocks are freed and allocated again, as every training step does."""
+_MMAP_THRESHOLD_WHILE_TRAINING = 4 * 1024 * 1024
+"""Blocks this large (parameter-sized: a layer's gathered weights and their gradient shards) come from
+mmap and go back to the OS when freed; smaller ones (activations of CPU-sized batches) from the heap."""
 
 
 @contextlib.contextmanager
@@ -171,8 +191,12 @@ def memory_returned_when_freed() -> Iterator[None]:
     Every worker reads the whole model before FSDP keeps only its shard. glibc would keep the
     freed rest in its heap for the whole run, and the pod's resident memory (what its memory
     limit counts) would stay that much above its share; blocks of more than 64 KiB served by mmap
-    go back when freed. Training then allocates as glibc settles anyway (large blocks from the
-    heap: mmap for every activation would halve a CPU worker's throughput, measured here).
+    go back when freed. Training then serves blocks of 4 MiB or more by mmap: by default glibc
+    raises its threshold to 32 MiB as large blocks are freed, and the gradients and gathered
+    weights every step allocates anew would then come from the heap between long-lived optimizer
+    state; the holes they leave are too fragmented to reuse, and a 206M-parameter FSDP worker
+    held 0.6-0.9 GiB of freed heap beside its 1.9 GiB in use (measured here). Mmap for every block down
+    to 64 KiB, activations included, would halve a CPU worker's throughput (measured here).
     Elsewhere than glibc, nothing changes.
     """
     try:
@@ -184,13 +208,13 @@ def memory_returned_when_freed() -> Iterator[None]:
     try:
         yield
     finally:
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_AFTERWARDS)
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_WHILE_TRAINING)
 
 
 def parallelize(model: nn.Module, parallelism: str, device: torch.device, mixed_precision: bool) -> nn.Module:
-    """FSDP2: one `fully_shard` group per decoder layer plus the root (embeddings, norm, head), bf16
-    compute with fp32 gradient reduction on GPUs; DDP: a replica per worker. One DDP worker: just
-    the model on the device."""
+    """FSDP2: one `fully_shard` unit per decoder layer, the input embeddings and the output head
+    (shard_units), plus the root for the rest, bf16 compute with fp32 gradient reduction on GPUs;
+    DDP: a replica per worker. One DDP worker: just the model on the device."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or (dist.get_world_size() == 1 and parallelism == "ddp"):
@@ -204,8 +228,8 @@ def parallelize(model: nn.Module, parallelism: str, device: torch.device, mixed_
             if mixed_precision and device.type == "cuda"
             else MixedPrecisionPolicy()
         )
-        for layer in decoder_layers(model):
-            fully_shard(layer, mp_policy=policy)
+        for unit, reshard in shard_units(model):
+            fully_shard(unit, mp_policy=policy, reshard_after_forward=reshard)
         fully_shard(model, mp_policy=policy)
         return model
     from torch.nn.parallel import DistributedDataParallel
