@@ -10,7 +10,8 @@ emulator took to take the create itself), writes per child created (1.0 is ideal
 patches per object; then the writes in a steady state (0 is ideal), the operator's RSS before
 the burst, at its peak and after it, after every object is deleted, its CPU time (which, unlike
 wall-clock times, barely moves with the load other processes put on the machine), and the CPU
-time of the emulated API server (this process), which shares the machine's cores with it.
+time of the emulated API server (this process), which shares the machine's cores with it; both
+also per custom resource created (ms), until all children exist and until all are running.
 
     python benchmarks/operator_scale.py [--jobs 1000] [--services 1000] [--api-latency-ms 10] [--workers N]
 
@@ -279,6 +280,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 settled = time.monotonic() - burst_start
                 cpu_burst = cpu_seconds(pid) - cpu_start
+                emulator_cpu_burst = time.process_time() - emulator_cpu_start
                 await asyncio.sleep(2 * args.resync_seconds)  # let in-flight reconciles settle
                 steady_start = time.monotonic()
                 cpu_steady_start = cpu_seconds(pid)
@@ -331,6 +333,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         # The emulated API server shares this process with the load driver (creates, kubelet).
         "apiServerCpuSecondsToChildren": round(emulator_cpu_children, 1),
+        "apiServerCpuSecondsBurst": round(emulator_cpu_burst, 1),
+        "cpuMsPerObject": {
+            "operatorToChildren": round(1000 * cpu_children / (jobs + services), 2),
+            "operatorBurst": round(1000 * cpu_burst / (jobs + services), 2),
+            "apiServerToChildren": round(1000 * emulator_cpu_children / (jobs + services), 2),
+            "apiServerBurst": round(1000 * emulator_cpu_burst / (jobs + services), 2),
+        },
     }
 
 
@@ -437,6 +446,7 @@ def print_table(result: dict[str, Any]) -> None:
             ("  the same from the create's answer", f"{answered['p50']} s / {answered['p99']} s", ""),
         ]
     rss, cpu, load = result["rssMb"], result["operatorCpuSeconds"], result["loadAverage"]
+    per_object = result["cpuMsPerObject"]
     rows += [
         (f"writes in {result['steadyStateSeconds']:.0f} s steady state", str(result["steadyStateWrites"]), "goal 0"),
         (
@@ -450,7 +460,21 @@ def print_table(result: dict[str, Any]) -> None:
             f"{cpu['toChildren']} / {cpu['burst']} / {cpu['steadyState']} s",
             "",
         ),
-        ("emulated API server CPU to children", f"{result['apiServerCpuSecondsToChildren']} s", ""),
+        (
+            "emulated API server CPU to children / burst",
+            f"{result['apiServerCpuSecondsToChildren']} / {result['apiServerCpuSecondsBurst']} s",
+            "",
+        ),
+        (
+            "CPU per object: operator to children / burst",
+            f"{per_object['operatorToChildren']} / {per_object['operatorBurst']} ms",
+            "",
+        ),
+        (
+            "CPU per object: API server to children / burst",
+            f"{per_object['apiServerToChildren']} / {per_object['apiServerBurst']} ms",
+            "",
+        ),
         ("creating the burst took", f"{result['burstCreateSeconds']} s", ""),
         ("load average before / after (1 min)", f"{load['before'][0]} / {load['after'][0]}", ""),
     ]

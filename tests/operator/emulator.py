@@ -5,6 +5,8 @@ KMock stores objects and streams watch events but runs no controllers, so tests 
 kubelet and the Deployment controller by patching status themselves. It ignores label
 selectors and resourceVersion. `ApiServer` adds, one switch per behaviour (`Switches`):
 
+- label selectors on lists and watches (equality and existence terms; an object whose labels
+  stop matching is not sent to a watch as deleted);
 - server-side apply with field managers (tests/operator/ssa.py says what is and is not modelled):
   an apply creates a missing object, and fields a manager stops applying are removed unless
   another manager also set them; metadata.generation counts spec changes;

@@ -161,8 +161,9 @@ def _drop_empty(ownership: Ownership) -> None:
 
 
 def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch (RFC 7386) applied to `base`: maps merge, null removes, the rest replaces."""
-    result = copy.deepcopy(base)
+    """A JSON merge patch (RFC 7386) applied to `base`: maps merge, null removes, the rest replaces.
+    `base` is left as it was; the result shares its unchanged values."""
+    result = dict(base)
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)

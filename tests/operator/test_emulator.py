@@ -136,3 +136,38 @@ async def test_pods_on_lost_nodes_stay_terminating_until_force_deleted(cluster: 
         return await cluster.get("Pod", "stuck") is None
 
     await wait_for(gone, what="the force-deleted pod gone")
+
+
+async def test_a_merge_patch_is_stored_merged_and_a_tests_reaction_still_answers_first(cluster: Cluster) -> None:
+    await cluster.apply(deployment(), OURS)
+    await cluster.patch("Deployment", "digits", {"metadata": {"annotations": {"a": None, "c": "3"}}})
+    await cluster.patch("Deployment", "digits", {"spec": {"replicas": 5}})
+    stored = await cluster.get("Deployment", "digits")
+    assert stored is not None
+    assert stored["metadata"]["annotations"] == {"b": "2", "c": "3"}, "null removes, maps merge"
+    assert stored["spec"]["replicas"] == 5 and stored["metadata"]["generation"] == 2, "a spec change counts"
+    assert stored["spec"]["template"]["spec"]["containers"][0]["image"] == "serve"
+    # With a reaction of the test's own, requests go through KMock's search again: it answers first.
+    cluster.emulator["get", "/apis/apps/v1/namespaces/team-a/deployments/digits"] << 503
+    async with cluster.session.get(cluster.path("Deployment", "digits")) as response:
+        assert response.status == 503
+    async with cluster.session.get(cluster.path("Deployment")) as response:
+        assert response.status == 200 and [item["metadata"]["name"] for item in (await response.json())["items"]] == [
+            "digits"
+        ]
+
+
+async def test_lists_return_only_what_the_label_selector_selects(cluster: Cluster) -> None:
+    for name, labels in (("ours", {"managed": "yes", "owner": "a"}), ("theirs", {"managed": "no"}), ("bare", {})):
+        await cluster.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels}})
+
+    async def names(selector: str) -> list[str]:
+        async with cluster.session.get(cluster.path("Service"), params={"labelSelector": selector}) as response:
+            assert response.status == 200, await response.text()
+            return sorted(item["metadata"]["name"] for item in (await response.json())["items"])
+
+    assert await names("managed=yes") == ["ours"]
+    assert await names("managed=yes,owner") == ["ours"]
+    assert await names("managed!=yes") == ["bare", "theirs"]
+    assert await names("!managed") == ["bare"]
+    assert await names("owner,!managed") == []

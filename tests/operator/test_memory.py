@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
 import json
 import tracemalloc
 from typing import Any
@@ -169,3 +170,16 @@ def test_memory_is_released_when_idle_after_a_burst_of_creates_or_deletes(monkey
 def test_the_resident_size_is_read_from_the_system() -> None:
     size = memory.resident_bytes()
     assert size is not None and 10 * 2**20 < size < 10 * 2**30
+
+
+def test_objects_alive_at_start_up_are_left_out_of_garbage_collections() -> None:
+    threshold = gc.get_threshold()
+    survivor = [object() for _ in range(1000)]  # tracked: a list of objects
+    try:
+        memory.tune_garbage_collector()
+        assert not any(obj is survivor for obj in gc.get_objects())  # only frozen objects hold it now
+        assert gc.get_freeze_count() > 1000
+        assert gc.get_threshold()[0] > threshold[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

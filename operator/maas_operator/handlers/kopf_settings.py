@@ -8,7 +8,9 @@
 - Only our children: the child kinds (pods, Services, ...) are watched with the label selector
   every child carries, so the API server sends no other pod or Service of the cluster. kopf's
   handler filters (`labels=`) are checked after an event is received and processed; without the
-  selector the operator would receive, and keep a memory of, every pod in the cluster.
+  selector the operator would receive, and keep a memory of, every pod in the cluster. The kinds
+  only ModelServices have (all but pods) also select on the ModelService label: a TrainingJob's
+  head Service, which no handler reads, is not sent either.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from maas_operator.builders.meta import LABEL_MANAGED_BY, MANAGED_BY
+from maas_operator.builders.meta import LABEL_MANAGED_BY, LABEL_MODELSERVICE, MANAGED_BY
 from maas_operator.handlers.modelservice import CHILD_RESOURCES
 
 IDLE_WORKER_SECONDS = 1.0
@@ -62,5 +64,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.queueing.idle_timeout = IDLE_WORKER_SECONDS
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.persistence.progress_storage = NoProgress()
-    for group, version, plural in CHILD_RESOURCES.values():  # TrainingJobs' children are pods too
-        settings.watching.label_selectors[group, version, plural] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+    for group, version, plural in CHILD_RESOURCES.values():
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        if plural != "pods":  # TrainingJobs' children are pods too
+            selector += f",{LABEL_MODELSERVICE}"
+        settings.watching.label_selectors[group, version, plural] = selector

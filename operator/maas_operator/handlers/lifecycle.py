@@ -13,7 +13,7 @@ from maas_operator.api.modelservice import KIND as MODELSERVICE
 from maas_operator.api.trainingjob import KIND as TRAININGJOB
 from maas_operator.config import OperatorConfig
 from maas_operator.election import Election
-from maas_operator.handlers import kopf_settings
+from maas_operator.handlers import kopf_settings, memory
 from maas_operator.handlers.leadership import LeaderElector, fence, identity
 from maas_operator.handlers.modelservice import CHILD_RESOURCES, reconcile_modelservice
 from maas_operator.handlers.runtime import (
@@ -66,6 +66,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any)
     memo.state_metrics = StateCollector(lambda: runtime.snapshot() if runtime.leading else [])
     metrics.REGISTRY.register(memo.state_metrics)
     metrics.serve(config.metrics_port)
+    memory.tune_garbage_collector()
     log.info("maas-operator started with %s", config.model_dump())
 
 

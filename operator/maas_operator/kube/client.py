@@ -12,7 +12,6 @@ creates a missing object).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import ssl
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from kubernetes_asyncio import client, config
 
 from maas_operator.builders.meta import FIELD_MANAGER
@@ -155,19 +155,19 @@ class KubeClient:
         headers = await self._headers(content_type)
         options: dict[str, Any] = {"params": query or [], "headers": headers, "proxy": self._proxy}
         if body is not None:
-            options["data"] = json.dumps(body, separators=(",", ":"))
+            options["data"] = orjson.dumps(body)
         if self._configuration.tls_server_name:
             options["server_hostname"] = self._configuration.tls_server_name
         try:
             async with self._session.request(method, self._host + path, **options) as response:
-                text = await response.text()
+                text = await response.read()
                 if response.status >= 300:
-                    raise _kube_error(response.status, response.reason or "", text)
+                    raise _kube_error(response.status, response.reason or "", text.decode(errors="replace"))
         except (aiohttp.ClientError, TimeoutError) as error:
             raise KubeError(0, f"{method} {path}: {error!r}") from error
         try:
-            result = json.loads(text) if text else {}
-        except ValueError:
+            result = orjson.loads(text) if text else {}
+        except orjson.JSONDecodeError:
             return {}
         return result if isinstance(result, dict) else {}
 
@@ -236,8 +236,8 @@ class KubeClient:
 def _kube_error(status: int, reason: str, text: str) -> KubeError:
     """The API server's Status (reason, message) when the body has one, else the raw text."""
     try:
-        decoded = json.loads(text)
-    except ValueError:
+        decoded = orjson.loads(text)
+    except orjson.JSONDecodeError:
         decoded = None
     if isinstance(decoded, dict) and decoded.get("message"):
         return KubeError(status, str(decoded["message"]), str(decoded.get("reason") or ""))
