@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="contenders alternate within each round")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--output-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per contender")
     parser.add_argument("--only", nargs="*", help="contenders to run (default: all found)")
     args = parser.parse_args()
     load_before = os.getloadavg()
