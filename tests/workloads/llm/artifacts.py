@@ -101,11 +101,8 @@ def tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     )
 
 
-def llama_artifact(
-    directory: pathlib.Path, shape: dict[str, Any] | None = None, vocab_size: int = 512, seed: int = 0
-) -> str:
-    """Build and publish a random-weight Llama; returns the manifest's sha256."""
-    tok = tokenizer(vocab_size)
+def random_llama(tok: Any, shape: dict[str, Any] | None = None, seed: int = 0) -> LlamaForCausalLM:
+    """A Llama of `shape` (default TINY) with random weights (seeded) for tokenizer `tok`, untied embeddings."""
     config = LlamaConfig(
         vocab_size=len(tok),
         bos_token_id=tok.bos_token_id,
@@ -119,5 +116,14 @@ def llama_artifact(
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
+    return model
+
+
+def llama_artifact(
+    directory: pathlib.Path, shape: dict[str, Any] | None = None, vocab_size: int = 512, seed: int = 0
+) -> str:
+    """Build and publish a random-weight Llama; returns the manifest's sha256."""
+    tok = tokenizer(vocab_size)
+    model = random_llama(tok, shape, seed)
     _, digest = save_causal_lm(model, tok, directory, source=artifact.Source(name="tiny-llama"))
     return digest

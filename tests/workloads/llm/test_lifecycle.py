@@ -93,13 +93,7 @@ def test_a_tampered_artifact_is_never_ready(llama_dir: pathlib.Path, tmp_path: p
     server = Server(str(tampered), tmp_path / "server.log", {"MAAS_MODEL_NAME": MODEL})
     try:
         server.wait_live()
-        deadline = time.monotonic() + 60
-        reason = ""
-        while "failed to load" not in reason and time.monotonic() < deadline:
-            health = httpx.get(f"{server.url}/health", timeout=5)
-            assert health.status_code == 503
-            reason = health.json()["reason"]
-            time.sleep(0.1)
+        reason = server.failed_load_reason("/health")
         assert "model.safetensors does not match its sha256" in reason
         assert httpx.get(f"{server.url}/health", timeout=5).status_code == 503
         answer = httpx.post(f"{server.url}/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=5)

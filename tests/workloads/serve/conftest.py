@@ -101,6 +101,17 @@ class Server(ServerProcess):
             time.sleep(0.1)
         raise AssertionError(f"server not live after {timeout} s:\n{self.log()}")
 
+    def failed_load_reason(self, path: str, timeout: float = 60) -> str:
+        """The reason `path` (a readiness endpoint, always 503 meanwhile) gives once the model failed to load."""
+        deadline = time.monotonic() + timeout
+        reason = ""
+        while "failed to load" not in reason and time.monotonic() < deadline:
+            answer = httpx.get(f"{self.url}{path}", timeout=5, verify=self.verify)
+            assert answer.status_code == 503
+            reason = answer.json()["reason"]
+            time.sleep(0.1)
+        return reason
+
     def wait_ready(self, timeout: float = 90) -> None:
         self.wait_live(timeout)
         deadline = time.monotonic() + timeout

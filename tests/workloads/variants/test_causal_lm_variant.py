@@ -9,12 +9,11 @@ from collections.abc import Iterator
 import openai
 import pytest
 import torch
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from maas_workloads import artifact
 from maas_workloads.causal_lm import save_causal_lm
 from maas_workloads.variants import causal_lm as lm_variant
-from tests.workloads.llm.artifacts import TINY, corpus, tokenizer
+from tests.workloads.llm.artifacts import corpus, random_llama, tokenizer
 from tests.workloads.llm.conftest import MODEL, TOKEN, start
 from tests.workloads.serve.conftest import Server
 
@@ -27,17 +26,7 @@ the top token may flip where the two best are within that noise; 90% of position
 
 def build(directory: pathlib.Path, max_ratio: float | None) -> tuple[artifact.CausalLMManifest, str, list[list[int]]]:
     tok = tokenizer(512)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-        **TINY,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = random_llama(tok)
     validation = [tok.encode(line) for line in corpus(16, seed=1)]
     manifest, digest = save_causal_lm(
         model, tok, directory, variants=["int8"], validation=validation, max_perplexity_ratio=max_ratio

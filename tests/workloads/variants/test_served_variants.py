@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
-import time
 from collections.abc import Iterator
 
-import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -126,12 +124,6 @@ def test_each_served_variant_has_its_recorded_accuracy_and_agrees_with_the_full_
 
 def test_a_variant_the_artifact_lacks_keeps_the_server_unready_with_the_names(servers: dict[str, Server]) -> None:
     server = servers["lacking"]
-    deadline = time.monotonic() + 90
-    reason = ""
-    while "failed to load" not in reason and time.monotonic() < deadline:
-        answer = httpx.get(f"{server.url}/v2/health/ready", timeout=5)
-        assert answer.status_code == 503
-        reason = answer.json()["reason"]
-        time.sleep(0.2)
+    reason = server.failed_load_reason("/v2/health/ready", timeout=90)
     expected = "the artifact has no variant 'int8' (spec.model.variant); it has: full (the default), onnx"
     assert expected in reason and expected in server.log()
